@@ -1,0 +1,45 @@
+"""Shared fixtures: fake plugin distributions discovered through real entry points."""
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import zoo.plugins
+
+
+@pytest.fixture
+def fresh_plugins():
+    """Rediscover plugins for this test (after env changes) and again afterwards."""
+    zoo.plugins._host = None
+    yield zoo.plugins
+    zoo.plugins._host = None
+
+
+@pytest.fixture
+def plugin_distribution(tmp_path, monkeypatch, fresh_plugins):
+    """Factory: install a throwaway distribution on sys.path whose ``zoo`` entry point is ``source``.
+
+    It is found by importlib.metadata exactly like a pip-installed plugin.
+    """
+    created: list[str] = []
+
+    def make(dist: str, source: str, version: str = "1.0") -> str:
+        module = dist.replace("-", "_")
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        info = tmp_path / f"{module}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[zoo]\n{dist} = {module}\n")
+        created.append(module)
+        fresh_plugins._host = None  # rediscover on next use, now with this distribution
+        return module
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield make
+    for module in created:
+        sys.modules.pop(module, None)
+
+
+REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,43 @@
+"""The ``zoo`` command group; each module of zoo.cli adds its commands to it."""
+
+import json
+import sys
+
+import click
+
+from zoo.errors import ZooError
+
+
+class ZooGroup(click.Group):
+    """Shows ZooErrors as one clear line and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ZooError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ae-zoo", prog_name="zoo")
+def main() -> None:
+    """ae-zoo: a zoo of trained autoencoders. Load, train, evaluate, serve and publish them."""
+
+
+def print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def json_option(func):
+    """Adds ``--json`` (machine-readable output) to a command."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """A plain left-aligned text table."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    line = lambda row: "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+

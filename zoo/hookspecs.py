@@ -1,0 +1,36 @@
+"""The hooks an ae-zoo plugin can implement.
+
+A plugin is a module (found through the ``zoo`` entry-point group) that decorates
+functions with :data:`zoo.hookimpl`. Each hook receives a ``register`` callback
+rather than returning values, so one plugin can register any number of things and
+a failure is attributed to the plugin that caused it.
+"""
+
+import pluggy
+
+PROJECT = "zoo"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_architectures(register):
+    """Register model architectures.
+
+    Call ``register(cls)`` once per architecture, where ``cls`` is a subclass of
+    :class:`zoo.model.Autoencoder` with a unique ``architecture`` name, a
+    ``config_class`` dataclass and a non-empty ``tasks`` declaration.
+    """
+
+
+@hookspec
+def register_models(register):
+    """Register pretrained models.
+
+    Call ``register(entry)`` once per model, where ``entry`` is a
+    :class:`zoo.registry.PretrainedEntry` naming the model
+    (``<architecture>-<dataset>[-variant]``), its architecture, its config, where
+    its weights come from (a bundled folder and/or a Hub repo, pinned by sha256)
+    and its metadata.
+    """
