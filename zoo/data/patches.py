@@ -1,0 +1,73 @@
+"""Deterministic 32x32 RGB patch sets cut from a few source photos, split by photo."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zoo.data.readers import SPLITS
+
+
+@dataclass(frozen=True)
+class PatchRecipe:
+    """How patches are cut: every field is recorded in the manifest next to the arrays.
+
+    From each photo, ``per_scale`` square crops are taken at random positions for each
+    crop side ``scale * shorter photo side`` and resized to ``size`` x ``size``.
+    ``test_photos`` whole photos (drawn with ``seed``) go to the test split.
+    """
+
+    size: int = 32
+    scales: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+    per_scale: int = 64
+    test_photos: int = 4
+    seed: int = 0
+
+    def split_photos(self, photos: Sequence[str]) -> dict[str, list[str]]:
+        """Assign whole photos to splits: ``{"train": [...], "test": [...]}``, each sorted."""
+        names = sorted(photos)
+        if not 0 < self.test_photos < len(names):
+            raise ValueError(f"cannot hold out {self.test_photos} of {len(names)} photos")
+        order = np.random.default_rng(self.seed).permutation(len(names))
+        test = {names[i] for i in order[: self.test_photos]}
+        return {"train": [n for n in names if n not in test], "test": sorted(test)}
+
+    def cut(self, photo: Path, photo_index: int) -> np.ndarray:
+        """Return this photo's patches as uint8 (N, 3, size, size); the same on every call."""
+        from PIL import Image
+
+        rng = np.random.default_rng([self.seed, photo_index])
+        with Image.open(photo) as image:
+            image = image.convert("RGB")
+            width, height = image.size
+            patches = []
+            for scale in self.scales:
+                side = max(self.size, round(min(width, height) * scale))
+                for _ in range(self.per_scale):
+                    left = int(rng.integers(0, width - side + 1))
+                    top = int(rng.integers(0, height - side + 1))
+                    box = (left, top, left + side, top + side)
+                    patch = image.resize((self.size, self.size), Image.Resampling.LANCZOS, box=box)
+                    patches.append(np.asarray(patch))
+        return np.stack(patches).transpose(0, 3, 1, 2).copy()
+
+    def build(self, photos: Sequence[Path]) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        """Cut all photos; return arrays ``{"<split>-images"/"<split>-labels": array}`` and the split.
+
+        A label is the index of the patch's source photo in the sorted list of all photos.
+        """
+        by_name = {p.name: p for p in photos}
+        names = sorted(by_name)
+        split = self.split_photos(names)
+        arrays = {}
+        for split_name in SPLITS:
+            images, labels = [], []
+            for name in split[split_name]:
+                index = names.index(name)
+                patches = self.cut(by_name[name], index)
+                images.append(patches)
+                labels.append(np.full(len(patches), index, dtype=np.int64))
+            arrays[f"{split_name}-images"] = np.concatenate(images)
+            arrays[f"{split_name}-labels"] = np.concatenate(labels)
+        return arrays, split
