@@ -10,7 +10,9 @@ from zoo.components.blocks import ACTIVATIONS, divisible_side
 from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
 
-PRETRAINED: dict[str, str] = {}  # name -> sha256 of model.safetensors
+PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
+    "conv-vae-mnist": "8c8041158cb78d703cbf797eae13d091bd8fe018f6365c5e790bcbcad3afd5f4",
+}
 
 
 @dataclasses.dataclass

@@ -12,7 +12,9 @@ from zoo.config import ModelConfig
 from zoo.model import Autoencoder
 from zoo_plugins.pretrained import bundled_entries
 
-PRETRAINED: dict[str, str] = {}  # name -> sha256 of model.safetensors
+PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
+    "denoising-ae-mnist": "32817421af75e34d2a256202ac38444a171c569bc171a0b7fc77fa5122845265",
+}
 
 
 @dataclasses.dataclass

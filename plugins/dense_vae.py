@@ -10,7 +10,10 @@ from zoo.components.blocks import ACTIVATIONS
 from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
 
-PRETRAINED: dict[str, str] = {}  # name -> sha256 of model.safetensors
+PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
+    "dense-vae-mnist": "b9c38545d4d68b8aab869bc3d9e5bb6422c7c897c0dc1a4d46735d3290a6df9d",
+    "dense-vae-mnist-2d": "798e05e7ade60c1c179c4f039500bf438078bba79956b18fbbc2cfaf1483088c",
+}
 
 
 @dataclasses.dataclass

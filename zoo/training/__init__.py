@@ -1,0 +1,6 @@
+"""Training: the :class:`Trainer` behind ``zoo train``, its checkpoints, recipes and DDP setup."""
+
+from zoo.training.distributed import DistContext, setup, teardown
+from zoo.training.trainer import Interrupted, Trainer, TrainConfig, TrainingError, TrainResult
+
+__all__ = ["DistContext", "Interrupted", "TrainConfig", "TrainResult", "Trainer", "TrainingError", "setup", "teardown"]
