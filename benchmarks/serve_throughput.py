@@ -1,0 +1,70 @@
+"""Throughput and latency of a served conv-vae-mnist (reconstruct, 28x28 PNG) at concurrency 8.
+
+For batch sizes 1 and 8 it starts a real TorchServe (1 worker, OMP_NUM_THREADS=1,
+max_batch_delay 5 ms, token auth on), warms it up, then runs a closed-loop
+aiohttp load (see serve_common) and reports requests/s, p50 and p99. In the same
+run it measures the same archive's handler ``handle()`` in this process (torch
+limited to 1 thread like the worker) on batches of the same size, and prints the
+ratio HTTP req/s : in-process images/s.
+
+    python benchmarks/serve_throughput.py [--requests 4000] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+import torch
+
+from serve_common import MODEL, benchmark_model, digit_png, dump, in_process_handler, in_process_throughput, load, \
+    start_server, temp_dir
+from zoo.serving import server
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--in-process-seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    tmp = temp_dir("zoo-bench-throughput-")
+    source, _, description = benchmark_model(tmp)
+    body = digit_png()
+    print(f"model: {description}; request: reconstruct, 28x28 PNG ({len(body)} bytes) as image/png", flush=True)
+    results = {"model": description, "concurrency": args.concurrency, "runs": []}
+    try:
+        for batch_size in args.batch_sizes:
+            state, mar = start_server(source, tmp, batch_size)
+            try:
+                url = f"{state.inference_url}/predictions/{MODEL}"
+                load(url, body, headers=state.headers(), concurrency=args.concurrency, total=args.warmup)
+                http = load(url, body, headers=state.headers(), concurrency=args.concurrency, total=args.requests)
+            finally:
+                server.stop(state.directory)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # like the worker (OMP_NUM_THREADS=1)
+            try:
+                handle = in_process_handler(mar, tmp, batch_size)
+                local = in_process_throughput(handle, body, batch_size, args.in_process_seconds)
+            finally:
+                torch.set_num_threads(threads)
+            summary = http.summary()
+            run = {"batch_size": batch_size, "http": summary, "in_process_img_per_s": round(local, 1),
+                   "http_to_in_process": round(summary["req_per_s"] / local, 3)}
+            results["runs"].append(run)
+            print(f"batch {batch_size}: {summary['req_per_s']} req/s, p50 {summary['p50_ms']} ms, "
+                  f"p99 {summary['p99_ms']} ms, statuses {summary['statuses']}; in-process handle() "
+                  f"{local:.0f} img/s; HTTP/in-process = {run['http_to_in_process']:.2f}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(dump(results))
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

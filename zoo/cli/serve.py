@@ -1,0 +1,168 @@
+"""``zoo package``, ``zoo serve`` and ``zoo predict``: TorchServe archives, a local server and its client."""
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from zoo.cli.app import main
+
+
+def _handler_options(half: bool, compile_: bool, warmup: bool) -> dict:
+    return {"half": half, "compile": compile_, "warmup": warmup}
+
+
+def _package_options(batch_size, max_batch_delay, workers, half=False, compile_=False, warmup=True):
+    from zoo.serving import PackageOptions
+
+    return PackageOptions(batch_size=batch_size, max_batch_delay=max_batch_delay, workers=workers,
+                          handler=_handler_options(half, compile_, warmup))
+
+
+batch_options = [
+    click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
+                 help="TorchServe dynamic batch size."),
+    click.option("--max-batch-delay", type=click.IntRange(0, 60000), default=5, show_default=True,
+                 help="Milliseconds TorchServe waits to fill a batch."),
+    click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Workers per model."),
+    click.option("--half", is_flag=True, help="float16 autocast on CUDA (ignored on CPU)."),
+    click.option("--compile", "compile_", is_flag=True, help="torch.compile the model, compiled during warm-up."),
+]
+
+
+def with_batch_options(func):
+    for option in reversed(batch_options):
+        func = option(func)
+    return func
+
+
+@main.command("package")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder for the .mar files.")
+@with_batch_options
+@click.option("--kserve", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write KServe's layout here: config/config.properties and model-store/*.mar.")
+def package_command(models, out, batch_size, max_batch_delay, workers, half, compile_, kserve):
+    """Build self-contained TorchServe archives (NAME.mar) for registered models or checkpoint folders."""
+    from zoo.serving import package, write_kserve
+
+    options = _package_options(batch_size, max_batch_delay, workers, half, compile_)
+    mars = []
+    for model in models:
+        mar = package(model, out, options)
+        mars.append(mar)
+        click.echo(f"wrote {mar}")
+    if kserve is not None:
+        config = write_kserve(mars, kserve, options)
+        click.echo(f"wrote {config} and {kserve / 'model-store'}")
+
+
+@main.command("serve")
+@click.argument("models", nargs=-1)
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Inference port (default: a free one).")
+@with_batch_options
+@click.option("--no-auth", is_flag=True, help="Turn token authorization off (local testing only).")
+@click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops the server.")
+@click.option("--stop", "stop_", is_flag=True, help="Stop the server that `zoo serve` started.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for READY workers.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default: $ZOO_SERVE_DIR or ~/.cache/zoo/serve).")
+def serve_command(models, port, batch_size, max_batch_delay, workers, half, compile_, no_auth, foreground, stop_,
+                  timeout, directory):
+    """Serve models with TorchServe on 127.0.0.1 until `zoo serve --stop`.
+
+    MODELS are registered names, checkpoint folders or .mar files. They are
+    packaged, a config.properties is written, TorchServe starts and the
+    command returns once every worker is READY.
+    """
+    from zoo.serving import package, server
+
+    directory = server.run_dir(directory)
+    if stop_:
+        if models:
+            raise click.UsageError("--stop takes no model names")
+        stopped = server.stop(directory)
+        click.echo(f"stopped the server in {directory}" if stopped else f"no server was started from {directory}")
+        return
+    if not models:
+        raise click.UsageError("name at least one model to serve (see `zoo list`)")
+    running = server.ServerState.read(directory)
+    if running is not None and running.alive():
+        raise click.ClickException(f"a server started from {directory} is already running (pid {running.pid}); "
+                                   "stop it with `zoo serve --stop`")
+    options = _package_options(batch_size, max_batch_delay, workers, half, compile_)
+    build = directory / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    mars = []
+    for model in models:
+        mar = Path(model) if str(model).endswith(".mar") and Path(model).is_file() else package(model, build, options)
+        mars.append(mar)
+    click.echo(f"starting TorchServe for {', '.join(m.stem for m in mars)} ...", err=True)
+    state = server.start(mars, directory, port=port, auth=not no_auth, batch_size=batch_size,
+                         max_batch_delay=max_batch_delay, workers=workers, timeout=timeout)
+    click.echo(f"inference:  {state.inference_url}/predictions/<model>")
+    click.echo(f"management: {state.management_url}")
+    click.echo(f"metrics:    {state.metrics_url}/metrics")
+    click.echo(f"gRPC:       127.0.0.1:{state.grpc_inference_port} (inference), "
+               f"127.0.0.1:{state.grpc_management_port} (management)")
+    click.echo(f"models:     {', '.join(state.models)}")
+    if state.auth:
+        click.echo(f"key file:   {state.key_file} (send: Authorization: Bearer <inference key>)")
+    else:
+        click.echo("auth:       OFF (--no-auth)")
+    click.echo(f"logs:       {directory / 'logs'}")
+    if not foreground:
+        click.echo("stop with:  zoo serve --stop" + (f" --dir {directory}" if directory != server.run_dir() else ""))
+        return
+    click.echo("serving in the foreground; Ctrl-C stops the server")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    try:
+        while not stopping and state.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop(directory)
+        click.echo("stopped", err=True)
+
+
+@main.command("predict")
+@click.argument("model")
+@click.argument("input")
+@click.option("--task", default=None, help="Task to run (default: the model's default task for images).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the output image(s) as PNG, or the JSON reply, to this file.")
+@click.option("--show", is_flag=True, help="Also draw the output image(s) in the terminal.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory of the server (default: $ZOO_SERVE_DIR or ~/.cache/zoo/serve).")
+def predict_command(model, input, task, out, show, directory):
+    """Send INPUT (an image file, a JSON file or a JSON string) to MODEL on the server `zoo serve` started.
+
+    \b
+    zoo predict MODEL digit.png --out recon.png
+    zoo predict MODEL '{"task": "sample", "n": 4, "seed": 0}' --out samples.png
+    """
+    from zoo.serving.client import predict, save_outputs
+
+    reply = predict(model, input, task=task, directory=directory)
+    if not reply.ok:
+        message = reply.body.get("message") or json.dumps(reply.body)
+        raise click.ClickException(f"HTTP {reply.status}: {message}")
+    if out is not None:
+        for path in save_outputs(reply.body, out):
+            click.echo(f"wrote {path}", err=True)
+    shown = {k: (f"<{len(v)} base64 chars>" if k == "image" else [f"<{len(x)} base64 chars>" for x in v]
+                 if k == "images" else v) for k, v in reply.body.items()}
+    json.dump(shown, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    if show:
+        from zoo.serving.client import ascii_art
+
+        images = [reply.body["image"]] if "image" in reply.body else reply.body.get("images", [])
+        for art in ascii_art(images):
+            click.echo(art)
