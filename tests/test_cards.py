@@ -1,0 +1,161 @@
+"""Model cards: huggingface_hub ModelCard conventions, `zoo card`, and the committed cards in model_cards/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+
+import zoo
+from tests.conftest import REPO
+from zoo.cards import card_eval_results, render_card, template_path, write_card
+from zoo.checkpoint import save_checkpoint, sha256_file
+from zoo.cli import main
+from zoo.errors import CheckpointError
+
+CARDS = REPO / "model_cards"
+TRAINED = sorted(p for p in CARDS.iterdir() if (p / "config.json").is_file()) if CARDS.is_dir() else []
+
+
+def eval_record(architecture: str, dataset: str, metric_sets: list[str], metrics: dict[str, float]) -> dict:
+    """An eval.json as `zoo eval --out` writes it (see zoo.evaluation.runners.evaluate)."""
+    head = next(iter(metrics))
+    return {
+        "model": "tiny", "format": 1, "architecture": architecture, "tasks": [], "metric_sets": metric_sets,
+        "dataset": dataset, "split": "test", "data_checksum": "ab" * 32, "num_images": 1024, "binarized": False,
+        "seed": 0, "k": None, "metrics": metrics,
+        "metric_info": {m: {"description": f"the {m}", "unit": "dB", "higher_is_better": True} for m in metrics},
+        "headline": {"name": head, "metric": head, "value": metrics[head], "unit": "dB", "higher_is_better": True},
+        "wall_time_s": 1.0, "device": "cpu: x86_64", "command": "zoo eval tiny --out eval.json",
+    }
+
+
+def recipe_record(architecture: str, dataset: str) -> dict:
+    """A recipe.json as `zoo train` writes it (see zoo.training.trainer)."""
+    return {
+        "command": f"zoo train {architecture} --data {dataset} --epochs 2", "status": "complete",
+        "architecture": architecture, "model_config": {}, "parameters": 1,
+        "train_config": {"epochs": 2, "batch_size": 128, "lr": 0.001, "lr_schedule": "cosine", "seed": 0},
+        "data": {"name": dataset, "checksum": "cd" * 32, "train_images": 3328, "val_images": 1024, "val_split": "test",
+                 "dynamic_binarization": False},
+        "world_size": 1, "backend": None, "ae_zoo_version": zoo.__version__,
+        "git": {"commit": "0123456789abcdef0123", "dirty": False},
+        "libraries": {"python": "3.11.7", "torch": torch.__version__},
+        "device": {"type": "cpu", "name": "x86_64"}, "epochs_completed": 2, "global_step": 52, "wall_time_s": 12.5,
+        "final_metrics": {"train": {"loss": 0.5}, "val": {"loss": 0.25}}, "weights_sha256": None, "history": [],
+    }
+
+
+def colorizer_folder(root: Path) -> Path:
+    from PIL import Image
+
+    folder = root / "colorization-ae-tiny"
+    save_checkpoint(zoo.create("colorization-ae", channels=[4, 8]), folder)
+    metrics = {"psnr_colorized": 24.123456789012345, "psnr_gray_baseline": 22.5, "ssim_colorized": 0.9,
+               "ssim_gray_baseline": 0.875}
+    (folder / "eval.json").write_text(json.dumps(eval_record("colorization-ae", "photos", ["colorize"], metrics)))
+    (folder / "recipe.json").write_text(json.dumps(recipe_record("colorization-ae", "photos")))
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "samples.png")
+    return folder
+
+
+def test_card_follows_huggingface_conventions(tmp_path):
+    folder = colorizer_folder(tmp_path)
+    text = render_card(folder, repo_id="ae-zoo/colorization-ae-tiny")
+    card = ModelCard(text)
+    data = card.data.to_dict()
+    assert data["library_name"] == "ae-zoo" and data["license"] == "apache-2.0"
+    assert data["datasets"] == ["photos"]
+    assert {"ae-zoo", "autoencoder", "colorization-ae", "colorize", "safetensors"} <= set(data["tags"])
+    assert data["pipeline_tag"] == "image-to-image"
+    assert data["ae_zoo"]["weights_sha256"] == sha256_file(folder / "model.safetensors")
+    # model-index: the eval.json numbers, exactly.
+    assert card.data.model_name == "colorization-ae-tiny"
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == \
+        json.loads((folder / "eval.json").read_text())["metrics"]
+    assert {r.task_type for r in card.data.eval_results} == {"image-to-image"}
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+
+    body = card.text
+    assert "![samples](samples.png)" in body  # the embedded sample image
+    assert 'zoo.load("hf://ae-zoo/colorization-ae-tiny")' in body
+    assert "zoo package hf://ae-zoo/colorization-ae-tiny" in body and "zoo serve hf://ae-zoo/colorization-ae-tiny" in body
+    assert "model.colorize(torch.rand(8, 1, 32, 32))" in body
+    assert "zoo train colorization-ae --data photos --epochs 2" in body and "lr_schedule = cosine" in body
+    assert "| `psnr_colorized` | 24.1235 | dB |" in body
+    assert "## Limitations" in body and "mate-backgrounds" in body
+
+
+def test_photo_cards_state_how_small_the_photo_set_is(tmp_path):
+    body = ModelCard(render_card(colorizer_folder(tmp_path))).text
+    assert "3,328 training patches (32x32) cut from just 13 photos" in body
+    assert "1,024 test patches from 4 held-out photos (mate-Dune, mate-FreshFlower, mate-Wood, mate-YellowFlower)" in body
+
+
+def test_registered_models_get_the_name_snippet(tmp_path):
+    folder = colorizer_folder(tmp_path)
+    body = render_card(folder, name="colorization-ae-tiny", repo_id="ae-zoo/colorization-ae-tiny", registered=True)
+    assert 'zoo.load("colorization-ae-tiny")' in body and "zoo serve colorization-ae-tiny" in body
+
+
+def test_card_without_eval_results_says_so(tmp_path):
+    folder = tmp_path / "m"
+    save_checkpoint(zoo.create("dense-vae", hidden=[8], latent_dim=2), folder)
+    card = ModelCard(render_card(folder))
+    assert card.data.eval_results is None and "Not evaluated yet" in card.text
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has no model.safetensors"):
+        render_card(folder)
+
+
+def test_zoo_card_rerenders_from_the_latest_eval_json(tmp_path):
+    folder = colorizer_folder(tmp_path)
+    result = CliRunner().invoke(main, ["card", str(folder), "--repo-id", "me/tiny"])
+    assert result.exit_code == 0, result.output
+    assert card_eval_results(folder / "README.md")["psnr_colorized"] == 24.123456789012345
+
+    record = json.loads((folder / "eval.json").read_text())
+    record["metrics"]["psnr_colorized"] = 25.5
+    (folder / "eval.json").write_text(json.dumps(record))
+    assert CliRunner().invoke(main, ["card", str(folder), "--repo-id", "me/tiny"]).exit_code == 0
+    assert card_eval_results(folder / "README.md")["psnr_colorized"] == 25.5
+
+    # --eval takes a newer results file and keeps the folder's eval.json in step with the card.
+    record["metrics"]["psnr_colorized"] = 26.25
+    newer = tmp_path / "newer-eval.json"
+    newer.write_text(json.dumps(record))
+    assert CliRunner().invoke(main, ["card", str(folder), "--eval", str(newer)]).exit_code == 0
+    assert card_eval_results(folder / "README.md")["psnr_colorized"] == 26.25
+    assert json.loads((folder / "eval.json").read_text()) == record
+
+    printed = CliRunner().invoke(main, ["card", str(folder), "--stdout"])
+    assert printed.exit_code == 0 and printed.output == (folder / "README.md").read_text()
+
+
+def test_the_template_is_the_one_in_model_cards():
+    assert template_path().resolve() == (CARDS / "template.md").resolve()
+    assert "{{ card_data }}" in template_path().read_text()
+
+
+@pytest.mark.parametrize("folder", TRAINED, ids=[p.name for p in TRAINED])
+def test_committed_card_agrees_with_its_eval_results(folder, tmp_path):
+    """Each pretrained model's README.md is the current rendering of its eval.json (`zoo card` re-renders it)."""
+    assert (folder / "eval.json").is_file(), f"{folder.name} has no eval.json"
+    assert (folder / "README.md").is_file(), f"{folder.name} has no card: run `zoo card {folder}`"
+    evaluation = json.loads((folder / "eval.json").read_text())
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == folder.name
+    assert card_eval_results(folder / "README.md") == evaluation["metrics"]
+    assert card.data.to_dict()["ae_zoo"]["weights_sha256"] == sha256_file(folder / "model.safetensors")
+    assert card.data.library_name == "ae-zoo" and card.data.license and card.data.datasets and card.data.tags
+    images = [p.name for p in folder.iterdir() if p.suffix == ".png"]
+    assert images and all(f"]({name})" in card.text for name in images)
+    # Nothing hand-edited or stale: the committed text is exactly what `zoo card` writes today.
+    copy = Path(shutil.copytree(folder, tmp_path / folder.name))
+    write_card(copy, name=folder.name, repo_id=f"ae-zoo/{folder.name}", registered=True)
+    assert (copy / "README.md").read_text() == (folder / "README.md").read_text()
