@@ -24,7 +24,7 @@ import torch
 
 import zoo
 import zoo.plugins
-from zoo.serving import PackageOptions, package, server
+from zoo.serving import PackageOptions, client, package, server
 from zoo.serving.package import RUNTIME_REQUIREMENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,23 +253,9 @@ def served_isolated(zoo_models, runtime_python, tmp_path_factory):
 
 
 def post(url: str, body: bytes, content_type: str | None, headers: dict[str, str] | None = None, timeout: float = 60):
-    """(status, JSON body or {"raw": text}) for any status."""
-    import urllib.error
-    import urllib.request
-
-    all_headers = dict(headers or {})
-    if content_type is not None:
-        all_headers["Content-Type"] = content_type
-    request = urllib.request.Request(url, data=body, headers=all_headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, payload = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, payload = exc.code, exc.read()
-    try:
-        return status, json.loads(payload)
-    except ValueError:
-        return status, {"raw": payload.decode("utf-8", "replace")}
+    """(status, JSON body or {"raw": text}) for any status, through the zoo's own client."""
+    reply = client.post(url, body, content_type, headers, timeout)
+    return reply.status, reply.body
 
 
 def post_json(served: Served, name: str, data, headers=None):

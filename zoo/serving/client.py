@@ -27,11 +27,11 @@ class Reply:
         return self.status == 200
 
 
-def post(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None,
+def post(url: str, body: bytes, content_type: str | None, headers: dict[str, str] | None = None,
          timeout: float = 60) -> Reply:
-    """POST ``body``; returns the status and the decoded JSON (or ``{"raw": text}``) for any status."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": content_type, **(headers or {})})
+    """POST ``body`` (with no Content-Type if it is None); the status and decoded JSON (or ``{"raw": text}``)."""
+    type_header = {"Content-Type": content_type} if content_type is not None else {}
+    request = urllib.request.Request(url, data=body, method="POST", headers={**type_header, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, payload = response.status, response.read()
