@@ -37,17 +37,20 @@ def create(architecture: str, preset: str | None = None, **config: Any) -> Autoe
 
 def load(name_or_path: str | Path, device: str | torch.device | None = None, *, local_files_only: bool = False) -> Autoencoder:
     """Load a model in eval mode from a registered name, a checkpoint folder or ``hf://ORG/NAME[@REVISION]``."""
-    registry = get_host().registry
+    directory = checkpoint_folder(name_or_path, local_files_only=local_files_only)
+    return load_checkpoint(directory, get_host().registry.architectures, device)
+
+
+def checkpoint_folder(name_or_path: str | Path, *, local_files_only: bool = False) -> Path:
+    """The verified folder holding ``config.json`` and ``model.safetensors`` for anything ``load`` accepts."""
     target = str(name_or_path)
     if target.startswith(HUB_PREFIX):
         from zoo.hub import download_repo
 
-        directory = download_repo(target[len(HUB_PREFIX):], local_files_only=local_files_only)
-    elif Path(target).exists():
-        directory = _checkpoint_folder(Path(target))
-    else:
-        directory = resolve_pretrained(registry.model(target), local_files_only=local_files_only)
-    return load_checkpoint(directory, registry.architectures, device)
+        return download_repo(target[len(HUB_PREFIX):], local_files_only=local_files_only)
+    if Path(target).exists():
+        return _checkpoint_folder(Path(target))
+    return resolve_pretrained(get_host().registry.model(target), local_files_only=local_files_only)
 
 
 def _checkpoint_folder(path: Path) -> Path:

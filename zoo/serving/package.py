@@ -100,22 +100,15 @@ def resolve_source(target: str | Path, name: str | None = None) -> Source:
     from zoo import api
     from zoo.checkpoint import read_config
     from zoo.plugins import get_host
-    from zoo.resolve import resolve_pretrained
 
     host = get_host()
     registry = host.registry
     text = str(target)
+    folder = api.checkpoint_folder(text)
     if text.startswith(api.HUB_PREFIX):
-        from zoo.hub import download_repo
-
-        folder = download_repo(text[len(api.HUB_PREFIX):])
         default_name = text[len(api.HUB_PREFIX):].split("@")[0].split("/")[-1]
-    elif Path(text).exists():
-        folder = api._checkpoint_folder(Path(text))
-        default_name = folder.name
     else:
-        folder = resolve_pretrained(registry.model(text))
-        default_name = text
+        default_name = folder.name if Path(text).exists() else text
     architecture, _ = read_config(Path(folder))
     cls = registry.architecture(architecture)
     plugin_name = registry.owners[("architecture", architecture)]
