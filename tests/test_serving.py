@@ -328,3 +328,14 @@ def test_package_writes_a_kserve_layout(zoo_models, tmp_path):
     entry = snapshot["models"][m.folder.name]["1.0"]
     assert entry["marName"] == mars[0].name and entry["batchSize"] == 4
     assert "model_store=/mnt/models/model-store" in properties and "enable_model_api=false" in properties
+
+
+def test_a_key_file_still_being_written_reads_as_no_keys_yet(tmp_path):
+    key_file = tmp_path / "key_file.json"
+    state = server.ServerState(pid=1, pgid=1, directory=str(tmp_path), inference_url="", management_url="",
+                               metrics_url="", grpc_inference_port=0, grpc_management_port=0, models=[],
+                               auth=True, key_file=str(key_file), started=0.0)
+    key_file.write_text("")  # TorchServe creates the file before it writes the keys
+    assert state.keys() == {} and state.headers() == {}
+    key_file.write_text('{"inference": {"key": "abc"}, "management": {"key": "def"}}')
+    assert state.headers() == {"Authorization": "Bearer abc"}

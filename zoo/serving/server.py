@@ -143,9 +143,13 @@ class ServerState:
     # Tokens and requests -------------------------------------------------------------------
 
     def keys(self) -> dict[str, str]:
+        """The API keys TorchServe wrote, or {} while the key file is absent or still being written."""
         if not self.auth or not self.key_file or not Path(self.key_file).is_file():
             return {}
-        data = json.loads(Path(self.key_file).read_text())
+        try:
+            data = json.loads(Path(self.key_file).read_text())
+        except ValueError:  # TorchServe creates the file before it fills it
+            return {}
         return {k: v["key"] for k, v in data.items() if isinstance(v, dict) and "key" in v}
 
     def headers(self, api: str = "inference") -> dict[str, str]:
