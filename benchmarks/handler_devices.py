@@ -72,7 +72,7 @@ def pixels(reply: dict) -> torch.Tensor:
     encoded = reply.get("image") or reply["images"][0]
     import numpy as np
 
-    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))))).float()
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(base64.b64decode(encoded))))).float()
 
 
 def throughput(handler, model_dir: Path, rows: list[dict], seconds: float) -> float:
