@@ -206,6 +206,7 @@ def card_context(folder: str | Path, *, name: str | None = None, repo_id: str | 
     folder = Path(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}: a card describes trained weights")
+    weights_sha256 = sha256_file(folder / WEIGHTS_NAME)
     architecture, config = read_config(folder)
     cls = get_host().registry.architecture(architecture)
     model = cls(cls.config_class.from_dict(config))
@@ -223,7 +224,7 @@ def card_context(folder: str | Path, *, name: str | None = None, repo_id: str | 
             limitations.append(METRIC_SET_NOTES[metric_set].format(binarized=binarized, k=evaluation.get("k")))
     split = (evaluation or {}).get("split")
     if recipe and split and (recipe.get("data") or {}).get("val_split") == split:
-        final = recipe.get("weights_sha256") == sha256_file(folder / WEIGHTS_NAME)
+        final = recipe.get("weights_sha256") == weights_sha256
         limitations.append(
             f"During training, validation used the same `{split}` split that the evaluation reports"
             + ("; the published weights are those of the last epoch, not a checkpoint picked by that score."
@@ -243,7 +244,7 @@ def card_context(folder: str | Path, *, name: str | None = None, repo_id: str | 
         pipeline_tag=PIPELINE_TAGS.get(model.tasks[0]),
         model_name=name,
         eval_results=eval_results(evaluation, name) if evaluation else None,
-        ae_zoo={"architecture": architecture, "weights_sha256": sha256_file(folder / WEIGHTS_NAME)},
+        ae_zoo={"architecture": architecture, "weights_sha256": weights_sha256},
     )
     order = list(FIGURE_CAPTIONS)
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),

@@ -14,11 +14,11 @@ from zoo.errors import CheckpointError
 from zoo.registry import PretrainedEntry
 
 
-def verify_sha256(path: Path, expected: str) -> None:
-    """Raise CheckpointError unless the file's sha256 is ``expected``."""
+def verify_sha256(path: Path, expected: str, action: str = "load") -> None:
+    """Raise CheckpointError (refusing to ``action`` the file) unless its sha256 is ``expected``."""
     actual = sha256_file(path)
     if actual != expected:
-        raise CheckpointError(f"{path} has sha256 {actual}, but the registry pins {expected}: refusing to load it")
+        raise CheckpointError(f"{path} has sha256 {actual}, but the registry pins {expected}: refusing to {action} it")
 
 
 def resolve_pretrained(entry: PretrainedEntry, local_files_only: bool = False) -> Path:

@@ -11,10 +11,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo.checkpoint import CONFIG_NAME, PICKLE_REFUSAL, PICKLE_SUFFIXES, WEIGHTS_NAME, load_checkpoint, sha256_file
+from zoo.checkpoint import CONFIG_NAME, PICKLE_REFUSAL, PICKLE_SUFFIXES, WEIGHTS_NAME, load_checkpoint
 from zoo.errors import CheckpointError
 from zoo.hub.download import REPO_ID
 from zoo.hub.errors import HubError, hub_errors
+from zoo.resolve import verify_sha256
 
 CARD_NAME = "README.md"
 EXTRA_FILES = ("eval.json", "recipe.json")
@@ -92,10 +93,7 @@ def publish(source: str | Path, repo_id: str, *, revision: str | None = None, pr
     if not REPO_ID.match(repo_id):
         raise HubError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
     if expected_sha256 is not None and (source / WEIGHTS_NAME).is_file():
-        actual = sha256_file(source / WEIGHTS_NAME)
-        if actual != expected_sha256:
-            raise CheckpointError(f"{source / WEIGHTS_NAME} has sha256 {actual}, but the registry pins "
-                                  f"{expected_sha256}: refusing to publish it")
+        verify_sha256(source / WEIGHTS_NAME, expected_sha256, action="publish")
     api = HfApi(token=token, library_name="ae-zoo", library_version=zoo.__version__)
     branch = revision or "main"
     with tempfile.TemporaryDirectory(prefix="zoo-publish-") as tmp:
