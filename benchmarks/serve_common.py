@@ -157,13 +157,16 @@ def load(url: str, body: bytes, content_type: str = "image/png", headers: dict |
                              on_progress))
 
 
-def in_process_handler(mar: Path, tmp: Path, batch_size: int):
-    """The archive's handler, initialised in this process with TorchServe's own Context classes."""
+def in_process_handler(mar: Path, tmp: Path, batch_size: int, headers: dict | None = None):
+    """The archive's handler, initialised in this process with TorchServe's own Context classes.
+
+    ``headers`` are the HTTP headers every request carries (e.g. ``Accept``).
+    """
     from ts.context import Context, RequestProcessor
 
     from zoo_handlers.zoo_handler import ZooHandler
 
-    unpacked = tmp / f"unpacked-{batch_size}"
+    unpacked = tmp / f"unpacked-{batch_size}-{time.monotonic_ns()}"
     with zipfile.ZipFile(mar) as z:
         z.extractall(unpacked)
     context = Context(MODEL, str(unpacked), {}, batch_size, None, "0.12.0", model_yaml_config={"handler": {}})
@@ -171,7 +174,7 @@ def in_process_handler(mar: Path, tmp: Path, batch_size: int):
     handler.initialize(context)
 
     def handle(rows):
-        context.request_processor = [RequestProcessor({}) for _ in rows]
+        context.request_processor = [RequestProcessor(dict(headers or {})) for _ in rows]
         replies = handler.handle(rows, context)
         assert all(context.get_response_status(i)[0] == 200 for i in range(len(rows)))
         return replies

@@ -2,10 +2,13 @@
 
 For batch sizes 1 and 8 it starts a real TorchServe (1 worker, OMP_NUM_THREADS=1,
 max_batch_delay 5 ms, token auth on), warms it up, then runs a closed-loop
-aiohttp load (see serve_common) and reports requests/s, p50 and p99. In the same
-run it measures the same archive's handler ``handle()`` in this process (torch
-limited to 1 thread like the worker) on batches of the same size, and prints the
-ratio HTTP req/s : in-process images/s.
+aiohttp load (see serve_common) and reports requests/s, p50 and p99, once for
+each reply format (``Accept: application/json``: base64 PNG in JSON, and
+``Accept: image/png``: the PNG itself). In the same run it measures the same
+archive's handler ``handle()`` in this process (torch limited to 1 thread like
+the worker) on batches of the same size with the same headers, and prints the
+ratio HTTP req/s : in-process images/s. Last, it times ``zoo serve`` from the
+command to READY, twice (the second reuses the archive it built).
 
     python benchmarks/serve_throughput.py [--requests 4000] [--concurrency 8]
 """
@@ -13,8 +16,11 @@ ratio HTTP req/s : in-process images/s.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
+import time
 
 import torch
 
@@ -29,6 +35,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--accept", nargs="+", default=["application/json", "image/png"])
     parser.add_argument("--in-process-seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
 
@@ -39,31 +46,54 @@ def main(argv=None) -> dict:
     results = {"model": description, "concurrency": args.concurrency, "runs": []}
     try:
         for batch_size in args.batch_sizes:
-            state, mar = start_server(source, tmp, batch_size)
-            try:
-                url = f"{state.inference_url}/predictions/{MODEL}"
-                load(url, body, headers=state.headers(), concurrency=args.concurrency, total=args.warmup)
-                http = load(url, body, headers=state.headers(), concurrency=args.concurrency, total=args.requests)
-            finally:
-                server.stop(state.directory)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # like the worker (OMP_NUM_THREADS=1)
-            try:
-                handle = in_process_handler(mar, tmp, batch_size)
-                local = in_process_throughput(handle, body, batch_size, args.in_process_seconds)
-            finally:
-                torch.set_num_threads(threads)
-            summary = http.summary()
-            run = {"batch_size": batch_size, "http": summary, "in_process_img_per_s": round(local, 1),
-                   "http_to_in_process": round(summary["req_per_s"] / local, 3)}
-            results["runs"].append(run)
-            print(f"batch {batch_size}: {summary['req_per_s']} req/s, p50 {summary['p50_ms']} ms, "
-                  f"p99 {summary['p99_ms']} ms, statuses {summary['statuses']}; in-process handle() "
-                  f"{local:.0f} img/s; HTTP/in-process = {run['http_to_in_process']:.2f}", flush=True)
+            for accept in args.accept:
+                results["runs"].append(measure(source, tmp, body, batch_size, accept, args))
+        results["zoo_serve_to_ready_s"] = time_zoo_serve(source, tmp)
+        print(f"zoo serve to READY: {results['zoo_serve_to_ready_s']} s (first: builds the archive; "
+              "second: reuses it)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(dump(results))
     return results
+
+
+def measure(source, tmp, body: bytes, batch_size: int, accept: str, args) -> dict:
+    state, mar = start_server(source, tmp, batch_size)
+    headers = {"Accept": accept}
+    try:
+        url = f"{state.inference_url}/predictions/{MODEL}"
+        load(url, body, headers={**state.headers(), **headers}, concurrency=args.concurrency, total=args.warmup)
+        http = load(url, body, headers={**state.headers(), **headers}, concurrency=args.concurrency,
+                    total=args.requests)
+    finally:
+        server.stop(state.directory)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like the worker (OMP_NUM_THREADS=1)
+    try:
+        handle = in_process_handler(mar, tmp, batch_size, headers)
+        local = in_process_throughput(handle, body, batch_size, args.in_process_seconds)
+    finally:
+        torch.set_num_threads(threads)
+    summary = http.summary()
+    run = {"batch_size": batch_size, "accept": accept, "http": summary, "in_process_img_per_s": round(local, 1),
+           "http_to_in_process": round(summary["req_per_s"] / local, 3)}
+    print(f"batch {batch_size}, Accept {accept}: {summary['req_per_s']} req/s, p50 {summary['p50_ms']} ms, "
+          f"p99 {summary['p99_ms']} ms, statuses {summary['statuses']}; in-process handle() "
+          f"{local:.0f} img/s; HTTP/in-process = {run['http_to_in_process']:.2f}", flush=True)
+    return run
+
+
+def time_zoo_serve(source: str, tmp) -> list[float]:
+    """Seconds from running `zoo serve MODEL` to its return (every worker READY), twice in one run directory."""
+    env = {**os.environ, "ZOO_SERVE_DIR": str(tmp / "zoo-serve")}
+    zoo_cli = [sys.executable, "-m", "zoo.cli"]
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        subprocess.run([*zoo_cli, "serve", source], env=env, check=True, capture_output=True)
+        seconds.append(round(time.perf_counter() - start, 2))
+        subprocess.run([*zoo_cli, "serve", "--stop"], env=env, check=True, capture_output=True)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -5,55 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 
-import zoo
+from tests.handler_fixtures import archive, new_handler, run  # noqa: F401  (fixture)
 from tests.serving_fixtures import b64, huge_png, random_image
-from zoo.serving import PackageOptions, package
 from zoo.tasks import TASKS
 
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    """A packaged and unpacked fresh conv-vae (1x28x28): the directory TorchServe would hand the handler."""
-    tmp = tmp_path_factory.mktemp("handler")
-    torch.manual_seed(0)
-    model = zoo.create("conv-vae", preset="mnist").eval()
-    folder = model.save_pretrained(tmp / "vae")
-    mar = package(folder, tmp / "store", PackageOptions(batch_size=8, max_batch_delay=5))
-    unpacked = tmp / "unpacked"
-    with zipfile.ZipFile(mar) as z:
-        z.extractall(unpacked)
-    return unpacked, zoo.load(folder)
-
-
-def make_context(model_dir: Path, n: int, handler_options: dict | None = None, gpu=None):
-    from ts.context import Context, RequestProcessor
-
-    yaml_config = {"batchSize": 8, "handler": handler_options or {}}
-    context = Context("m", str(model_dir), {}, 8, gpu, "0.12.0", model_yaml_config=yaml_config)
-    context.request_processor = [RequestProcessor({}) for _ in range(n)]
-    return context
-
-
-def new_handler(model_dir, **options):
-    from zoo_handlers.zoo_handler import ZooHandler
-
-    handler = ZooHandler()
-    handler.initialize(make_context(model_dir, 1, options))
-    return handler
-
-
-def run(handler, model_dir, rows):
-    context = make_context(model_dir, len(rows))
-    replies = handler.handle(rows, context)
-    statuses = [context.get_response_status(i)[0] for i in range(len(rows))]
-    return [json.loads(r) for r in replies], statuses
 
 
 def test_archive_is_self_contained_and_the_handler_file_has_one_class(archive):
@@ -102,7 +61,7 @@ def test_a_mixed_batch_gets_per_request_statuses_and_matches_single_requests(arc
         assert status == [200] and single[0] == replies[i]
     assert torch.allclose(torch.tensor(replies[4]["vector"]), model.encode(x.unsqueeze(0))[0], atol=1e-5)
     expected = model.sample(2, generator=torch.Generator().manual_seed(3))
-    from zoo_handlers.service import decode_png
+    from zoo_handlers.images import decode_png
 
     served = torch.stack([decode_png(i) for i in replies[6]["images"]])
     assert (served - expected).abs().max() <= 1 / 255 + 1e-6
@@ -133,9 +92,10 @@ def test_image_size_is_checked_from_the_header_before_decoding(archive, monkeypa
         raise AssertionError("pixels were decoded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", never)
-    replies, statuses = run(handler, model_dir, [{"body": huge_png(10000, 10000)}, {"body": huge_png(64, 64)}])
+    bomb = huge_png(5000, 5000)  # 25 megapixels in about 25 KB: under the byte limit, over the pixel limit
+    replies, statuses = run(handler, model_dir, [{"body": bomb}, {"body": huge_png(64, 64)}])
     assert statuses == [413, 400]
-    assert "10000x10000" in replies[0]["message"] and "28x28" in replies[1]["message"]
+    assert "5000x5000" in replies[0]["message"] and "28x28" in replies[1]["message"]
 
 
 @pytest.mark.parametrize("body, words", [

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ from tests.serving_fixtures import (  # noqa: F401  (fixtures)
 )
 from zoo.serving import server
 from zoo.tasks import TASKS
-from zoo_handlers.service import decode_png
+from zoo_handlers.images import decode_png
 
 
 IMAGE_ATOL = 1.0 / 255 + 1e-6
@@ -156,7 +157,7 @@ def bad_requests(m):
         ("random bytes", random.Random(0).randbytes(512).lstrip(b" \t\r\n{[\x89\xff"), "application/octet-stream",
          415, ["PNG"]),
         ("truncated PNG", good_png[: len(good_png) // 2], "image/png", 400, ["truncated"]),
-        ("10000x10000 PNG", huge_png(10000, 10000), "image/png", 413, ["10000x10000"]),
+        ("5000x5000 PNG", huge_png(5000, 5000), "image/png", 413, ["5000x5000"]),
         ("3-channel image", rgb_png, "image/png", 400, ["channel"]),
         ("wrong schema: unknown field", json.dumps({"task": "decode", "latnt": latent}).encode(), "application/json",
          400, ["latnt"]),
@@ -167,7 +168,7 @@ def bad_requests(m):
         ("NaN in a latent", nan_body, "application/json", 400, ["NaN"]),
         ("wrong latent length", json.dumps({"task": "decode", "latent": latent + [0.0]}).encode(),
          "application/json", 400, [f"length {m.model.latent_dim}"]),
-        ("n = 10**6", json.dumps({"task": "sample", "n": 10**6}).encode(), "application/json", 400, ["\"n\""]),
+        ("n = 10**6", json.dumps({"task": "sample", "n": 10**6}).encode(), "application/json", 413, ["\"n\""]),
         ("unknown task", json.dumps({"task": "levitate"}).encode(), "application/json", 400,
          ["unknown task", *m.tasks]),
         ("task the model lacks", json.dumps({"task": lacking}).encode(), "application/json", 400,
@@ -189,11 +190,48 @@ def test_each_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(served: Se
         assert status == 200, (f"valid request after {label}", reply)
 
 
+def test_huge_error_causes_get_a_short_reply_not_a_connection_reset(served: Served):
+    """TorchServe closes error replies with SO_LINGER=0: a long one used to reach the client as a reset."""
+    name = _target(served)
+    for body in ({"task": "x" * 1_000_000}, {f"k{i}": 0 for i in range(100_000)}):
+        status, reply = post_json(served, name, body)
+        assert status == 400 and len(reply["message"]) <= 300, (status, str(reply)[:200])
+
+
+def test_bodies_over_the_models_limit_get_413_and_max_request_size_fits_the_models(served: Served):
+    import re
+
+    from zoo.serving.package import read_manifest
+
+    name = _target(served)
+    limit = read_manifest(served.mars[name])["max_body_bytes"]
+    properties = (Path(served.state.directory) / "config.properties").read_text()
+    assert int(re.search(r"max_request_size=(\d+)", properties).group(1)) == max(
+        read_manifest(mar)["max_body_bytes"] for mar in served.mars.values())
+    status, _ = post_json(served, name, b'{"task": "' + b"x" * (limit + 1) + b'"}')
+    assert status == 413
+
+
+def test_accept_image_png_gets_the_png_itself_through_torchserve(served: Served):
+    import urllib.request
+
+    name = _target(served)
+    m = served.models[name]
+    png, x = random_image(m.model.input_shape, seed=11)
+    request = urllib.request.Request(served.url(name), data=png, method="POST",
+                                     headers={"Content-Type": "image/png", "Accept": "image/png", **served.headers()})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body, content_type = response.read(), response.headers.get("Content-Type")
+    assert content_type == "image/png" and body.startswith(b"\x89PNG")
+    expected = m.model.run_task(m.model.default_task, x.unsqueeze(0))[0]
+    assert (decode_png(body) - expected.clamp(0, 1)).abs().max() <= IMAGE_ATOL
+
+
 def test_mixed_good_and_bad_requests_in_concurrent_batches(served: Served):
     name = _target(served)
     m = served.models[name]
     good = [("good", *request_for(m, task, seed=i)[:1], 200) for i, task in enumerate(m.tasks * 3)]
-    bad = [(label, body, ct, code) for label, body, ct, code, _ in bad_requests(m) if label != "10000x10000 PNG"]
+    bad = [(label, body, ct, code) for label, body, ct, code, _ in bad_requests(m) if label != "5000x5000 PNG"]
     jobs = []
     for i in range(max(len(good), len(bad))):
         if i < len(good):
@@ -330,6 +368,21 @@ def test_package_writes_a_kserve_layout(zoo_models, tmp_path):
     entry = snapshot["models"][m.folder.name]["1.0"]
     assert entry["marName"] == mars[0].name and entry["batchSize"] == 4
     assert "model_store=/mnt/models/model-store" in properties and "enable_model_api=false" in properties
+
+
+def test_zoo_serve_reuses_an_archive_until_something_in_it_changes(zoo_models, tmp_path):
+    from zoo.serving.package import package_cached
+
+    m = zoo_models["dense-vae-fresh"]
+    folder = tmp_path / "model"
+    shutil.copytree(m.folder, folder)
+    first = package_cached(folder, tmp_path / "build")
+    built = first.stat().st_mtime_ns
+    assert package_cached(folder, tmp_path / "build").stat().st_mtime_ns == built
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config, indent=1))  # same model, different bytes
+    assert package_cached(folder, tmp_path / "build").stat().st_mtime_ns != built
+    assert len(list((tmp_path / "build").glob("*.stamp"))) == 1
 
 
 def test_a_key_file_still_being_written_reads_as_no_keys_yet(tmp_path):

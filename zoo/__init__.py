@@ -5,12 +5,27 @@
 >>> zoo.list_models("*vae*")                    # doctest: +SKIP
 """
 
-from zoo.api import create, info, list_architectures, list_models, load
+import importlib
+
 from zoo.hookspecs import hookimpl
-from zoo.model import Autoencoder
-from zoo.registry import PretrainedEntry
 
 __version__ = "0.1.0"
+
+#: Imported on first use, so that ``import zoo.errors`` or the serving client does not load torch.
+_LAZY = {"create": "zoo.api", "info": "zoo.api", "list_architectures": "zoo.api", "list_models": "zoo.api",
+         "load": "zoo.api", "Autoencoder": "zoo.model", "PretrainedEntry": "zoo.registry"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "Autoencoder",

@@ -1,5 +1,6 @@
-"""The ``zoo`` command group; each module of zoo.cli adds its commands to it."""
+"""The ``zoo`` command group; each module of zoo.cli adds its commands to it, imported when first used."""
 
+import importlib
 import json
 import sys
 
@@ -7,9 +8,25 @@ import click
 
 from zoo.errors import ZooError
 
+#: Which module defines each command. A command's module is imported only when that command
+#: runs (or help lists it), so `zoo serve`, `zoo predict` and `zoo --help` do not wait for torch.
+COMMAND_MODULES = {
+    "list": "catalog", "info": "catalog", "plugins": "catalog", "data": "data", "train": "train",
+    "eval": "evaluate", "package": "serve", "serve": "serve", "predict": "serve", "publish": "publish",
+    "card": "publish",
+}
+
 
 class ZooGroup(click.Group):
-    """Shows ZooErrors as one clear line and exit status 1 instead of a traceback."""
+    """Loads command modules on demand; shows ZooErrors as one clear line and exit status 1, not a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name not in self.commands and name in COMMAND_MODULES:
+            importlib.import_module(f"zoo.cli.{COMMAND_MODULES[name]}")
+        return self.commands.get(name)
 
     def invoke(self, ctx: click.Context):
         try:

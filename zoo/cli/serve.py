@@ -76,10 +76,12 @@ def serve_command(models, port, batch_size, max_batch_delay, workers, half, comp
     """Serve models with TorchServe on 127.0.0.1 until `zoo serve --stop`.
 
     MODELS are registered names, checkpoint folders or .mar files. They are
-    packaged, a config.properties is written, TorchServe starts and the
-    command returns once every worker is READY.
+    packaged (an archive built earlier is reused while nothing in it changed),
+    a config.properties is written, TorchServe starts and the command returns
+    once every worker is READY.
     """
-    from zoo.serving import package, server
+    from zoo.serving import server
+    from zoo.serving.package import package_cached
 
     directory = server.run_dir(directory)
     if stop_:
@@ -95,12 +97,12 @@ def serve_command(models, port, batch_size, max_batch_delay, workers, half, comp
         raise click.ClickException(f"a server started from {directory} is already running (pid {running.pid}); "
                                    "stop it with `zoo serve --stop`")
     options = _package_options(batch_size, max_batch_delay, workers, half, compile_)
-    build = directory / "build"
-    build.mkdir(parents=True, exist_ok=True)
     mars = []
-    for model in models:
-        mar = Path(model) if str(model).endswith(".mar") and Path(model).is_file() else package(model, build, options)
-        mars.append(mar)
+    with server.private_umask():  # the run directory and the archives built in it are private to the user
+        build = server.private_dir(server.private_dir(directory) / "build")
+        for model in models:
+            is_mar = str(model).endswith(".mar") and Path(model).is_file()
+            mars.append(Path(model) if is_mar else package_cached(model, build, options))
     click.echo(f"starting TorchServe for {', '.join(m.stem for m in mars)} ...", err=True)
     state = server.start(mars, directory, port=port, auth=not no_auth, batch_size=batch_size,
                          max_batch_delay=max_batch_delay, workers=workers, timeout=timeout)

@@ -44,20 +44,25 @@ def post(url: str, body: bytes, content_type: str | None, headers: dict[str, str
     return Reply(status, data if isinstance(data, dict) else {"value": data})
 
 
+def read_source(text: str) -> bytes:
+    """Inline JSON (text whose first non-space character is ``{``) as bytes, else the file ``text`` names.
+
+    JSON is decided first: a long JSON string is not a valid file name, and trying it as one fails.
+    """
+    if text.lstrip().startswith("{"):
+        return text.encode()
+    try:
+        return Path(text).read_bytes()
+    except OSError as exc:
+        raise ServingError(f"{text}: not a readable file ({exc.strerror}), and not a JSON object") from None
+
+
 def request_body(source: str | bytes | dict, task: str | None = None) -> tuple[bytes, str]:
     """(body, content type) for an image file/bytes, a JSON file/string or a dict, optionally forcing ``task``."""
     if isinstance(source, dict):
         data = dict(source)
     else:
-        raw = source if isinstance(source, bytes) else None
-        if raw is None:
-            path = Path(source)
-            if path.is_file():
-                raw = path.read_bytes()
-            elif str(source).lstrip().startswith("{"):
-                raw = str(source).encode()
-            else:
-                raise ServingError(f"{source}: not a file, and not a JSON object")
+        raw = source if isinstance(source, bytes) else read_source(str(source))
         if raw.startswith(PNG_MAGIC) or raw.startswith(JPEG_MAGIC):
             if task is None:
                 return raw, "image/png" if raw.startswith(PNG_MAGIC) else "image/jpeg"

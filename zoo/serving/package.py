@@ -26,17 +26,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from zoo.errors import ZooError
+from zoo_handlers import SERVING_MANIFEST
 
 #: What a TorchServe environment needs to serve a zoo archive (and what the README names).
 RUNTIME_REQUIREMENTS = ("torch", "torchserve", "pluggy", "safetensors", "pillow", "pyyaml")
 MAR_VERSION = "1.0"
 HANDLER_FILE = "zoo_handler.py"
+STAMP_SUFFIX = ".stamp"
+#: Where KServe's storage initializer puts the storageUri's model-store/, and the runtime's ports.
+KSERVE_STORE = "/mnt/models/model-store"
+KSERVE_PORTS = {"inference": 8085, "management": 8081, "metrics": 8082, "grpc_inference": 7070,
+                "grpc_management": 7071}
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "*.egg-info")
 
@@ -58,7 +65,7 @@ class PackageOptions:
     def validate(self) -> None:
         if self.batch_size < 1 or self.workers < 1 or self.max_batch_delay < 0 or self.response_timeout < 1:
             raise ServingError("batch size and workers must be >= 1, max batch delay >= 0")
-        from zoo_handlers.service import Options
+        from zoo_handlers.options import Options
 
         try:
             Options.from_yaml(self.handler)
@@ -141,6 +148,18 @@ def _top_level_source(top: str) -> Path:
     return Path(paths[0])
 
 
+def body_limit(source: Source, options: PackageOptions) -> int:
+    """The largest request body the packaged model accepts (its handler's ``max_body_bytes``)."""
+    from zoo.checkpoint import read_config
+    from zoo.plugins import get_host
+    from zoo_handlers.options import Options
+
+    _, config = read_config(source.folder)
+    cls = get_host().registry.architecture(source.architecture)
+    model = cls(cls.config_class.from_dict(config))
+    return Options.from_yaml(options.handler).body_bytes(tuple(model.input_shape), model.latent_dim)
+
+
 def stage(source: Source, options: PackageOptions, directory: Path) -> dict[str, Path]:
     """Lay out the archive's files under ``directory``; return the paths for torch-model-archiver."""
     import yaml
@@ -169,8 +188,9 @@ def stage(source: Source, options: PackageOptions, directory: Path) -> dict[str,
         "packages": shipped,
         "zoo_version": zoo.__version__,
         "runtime_requirements": list(RUNTIME_REQUIREMENTS),
+        "max_body_bytes": body_limit(source, options),
     }
-    (extra / "zoo-serving.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (extra / SERVING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     config = directory / "model-config.yaml"
     config.write_text("# Written by `zoo package`.\n" + yaml.safe_dump(options.model_config(), sort_keys=False))
     handler = directory / HANDLER_FILE
@@ -207,14 +227,102 @@ def package(target: str | Path, out: str | Path = ".", options: PackageOptions |
     return mar
 
 
+def package_cached(target: str | Path, out: str | Path, options: PackageOptions | None = None,
+                   name: str | None = None) -> Path:
+    """Like :func:`package`, but reuse the archive in ``out`` while nothing that went into it has changed.
+
+    A stamp beside the archive records the request (target, name, options) and the
+    size and modification time of every file the archive was built from: the
+    checkpoint, the zoo core, the handler and the plugin sources. While they all
+    still match, the archive is reused without resolving the model (or importing torch).
+    """
+    options = options or PackageOptions()
+    options.validate()
+    out = Path(out).resolve()
+    request = {"target": os.path.abspath(target) if Path(target).exists() else str(target), "name": name,
+               "options": options.model_config(), "zoo_version": _zoo_version()}
+    for stamp in sorted(out.glob(f"*{STAMP_SUFFIX}")):
+        mar = _reusable(stamp, request)
+        if mar is not None:
+            return mar
+    source = resolve_source(target, name)
+    stamp = out / f"{source.name}.mar{STAMP_SUFFIX}"
+    stamp.unlink(missing_ok=True)
+    mar = package(target, out, options, name)
+    files = [[str(path), *_signature(path)] for path in _source_files(source)]
+    stamp.write_text(json.dumps({"request": request, "archive": mar.name, "files": files}))
+    return mar
+
+
+def _reusable(stamp: Path, request: dict[str, Any]) -> Path | None:
+    try:
+        recorded = json.loads(stamp.read_text())
+        if recorded["request"] != request:
+            return None
+        mar = stamp.parent / recorded["archive"]
+        unchanged = all(_signature(Path(path)) == [size, mtime] for path, size, mtime in recorded["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return mar if unchanged and mar.is_file() else None
+
+
+def _signature(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _source_files(source: Source) -> list[Path]:
+    """Every file :func:`stage` builds the archive from."""
+    import zoo
+    import zoo_handlers
+
+    files = [source.folder / "config.json", source.folder / "model.safetensors"]
+    roots = [Path(zoo.__file__).parent, Path(zoo_handlers.__file__).parent] + [path for _, path in source.packages]
+    for root in roots:
+        found = sorted(root.rglob("*")) if root.is_dir() else [root]
+        files += [p for p in found if p.is_file() and "__pycache__" not in p.parts]
+    return files
+
+
+def _zoo_version() -> str:
+    import zoo
+
+    return zoo.__version__
+
+
+def read_manifest(mar: Path) -> dict[str, Any]:
+    """The ``zoo-serving.json`` manifest inside a ``.mar``."""
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            return json.loads(archive.read(SERVING_MANIFEST))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ServingError(f"{mar}: not a zoo archive ({exc}); build it with `zoo package`") from None
+
+
+def max_request_size(mars: list[Path]) -> int:
+    """TorchServe's ``max_request_size`` for these archives: the largest body any of their models accepts."""
+    sizes = []
+    for mar in mars:
+        size = read_manifest(mar).get("max_body_bytes")
+        if not isinstance(size, int) or size < 1:
+            raise ServingError(f"{mar}: the archive does not record its request size limit; rebuild it with "
+                               "`zoo package`")
+        sizes.append(size)
+    return max(sizes)
+
+
 def write_kserve(mars: list[Path], directory: str | Path, options: PackageOptions) -> Path:
     """KServe's TorchServe layout: ``config/config.properties`` and ``model-store/*.mar`` under ``directory``.
 
-    The config follows KServe's TorchServe runtime (port 8085 behind KServe's
-    model server, metrics on 8082 in Prometheus format, ``model_store`` at
-    ``/mnt/models/model-store`` where the storage initializer puts the
-    storageUri, and a ``model_snapshot`` naming every archive).
+    KServe starts TorchServe on this config with ``model-store/`` at ``/mnt/models/model-store``
+    and runs its own model server (port 8080) in the same container, forwarding to TorchServe's
+    inference address. So TorchServe's inference, management and gRPC addresses stay on
+    127.0.0.1; only the Prometheus metrics (port 8082, which KServe scrapes) listen on every
+    interface. ``enable_envvars_config=false`` keeps KServe's ``TS_SERVICE_ENVELOPE`` from
+    wrapping the handler: the handler reads KServe v1/v2 bodies itself, with batching on.
     """
+    from zoo.serving.properties import allowed_urls, escape
+
     directory = Path(directory)
     store = directory / "model-store"
     (directory / "config").mkdir(parents=True, exist_ok=True)
@@ -230,28 +338,32 @@ def write_kserve(mars: list[Path], directory: str | Path, options: PackageOption
     snapshot = {"name": "startup.cfg", "modelCount": len(models), "models": models}
     lines = [
         "# KServe TorchServe runtime config, written by `zoo package --kserve`.",
-        "inference_address=http://0.0.0.0:8085",
-        "management_address=http://0.0.0.0:8085",
-        "metrics_address=http://0.0.0.0:8082",
-        "grpc_inference_port=7070",
-        "grpc_management_port=7071",
+        f"inference_address=http://127.0.0.1:{KSERVE_PORTS['inference']}",
+        f"management_address=http://127.0.0.1:{KSERVE_PORTS['management']}",
+        f"metrics_address=http://0.0.0.0:{KSERVE_PORTS['metrics']}",
+        "grpc_inference_address=127.0.0.1",
+        "grpc_management_address=127.0.0.1",
+        f"grpc_inference_port={KSERVE_PORTS['grpc_inference']}",
+        f"grpc_management_port={KSERVE_PORTS['grpc_management']}",
         "enable_metrics_api=true",
-        "metrics_format=prometheus",
+        "metrics_mode=prometheus",
         "number_of_netty_threads=4",
-        "job_queue_size=10",
-        "enable_envvars_config=true",
+        "job_queue_size=100",
+        # The handler speaks KServe v1/v2 itself; TorchServe's envelopes would break batching.
+        "enable_envvars_config=false",
         "install_py_dep_per_model=false",
-        "model_store=/mnt/models/model-store",
-        # Models come only from the store; registering over the API is off.
+        f"model_store={KSERVE_STORE}",
+        f"max_request_size={max_request_size(mars)}",
+        # The handler gets the raw body and checks its model's size limit before parsing any JSON.
+        "decode_input_request=false",
+        # Models come only from the store; registering over the API is off, and no URL can leave the store.
         "enable_model_api=false",
-        "allowed_urls=file:///mnt/models/model-store/.*",
-        # KServe's model server in front of TorchServe does not send TorchServe tokens;
-        # access control belongs to the InferenceService (ingress, authz policy).
+        "allowed_urls=" + escape(allowed_urls(Path(KSERVE_STORE))),
+        # KServe's model server in front of TorchServe sends no TorchServe token; TorchServe listens
+        # on loopback only, and access control belongs to the InferenceService.
         "disable_token_authorization=true",
         "model_snapshot=" + json.dumps(snapshot, separators=(",", ":")),
     ]
     path = directory / "config" / "config.properties"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-

@@ -2,11 +2,13 @@
 
 Defaults are the safe ones: every address (inference, management, metrics and
 both gRPC) on 127.0.0.1 on free ports, token authorization on, the model API
-off, ``allowed_urls`` limited to the model store, and ``OMP_NUM_THREADS=1`` for
-the workers on small machines. The state of a started server lives in a run
-directory (``ZOO_SERVE_DIR``, default ``~/.cache/zoo/serve``): its config,
-model store, key file, logs and ``server.json`` with the process group, so
-``stop`` ends exactly that server and nothing else.
+off, ``allowed_urls`` limited to plain ``.mar`` file names in the model store,
+an empty private workflow store, and ``OMP_NUM_THREADS=1`` for the workers on
+small machines. The state of a started server lives in a run directory
+(``ZOO_SERVE_DIR``, default ``~/.cache/zoo/serve``): its config, model store,
+key file, logs and ``server.json`` with the process group, so ``stop`` ends
+exactly that server and nothing else. The run directory and everything in it
+are private to the user (0700, TorchServe runs with umask 077).
 """
 
 from __future__ import annotations
@@ -21,23 +23,70 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from zoo.serving.package import MAR_VERSION, ServingError
+from zoo.serving.package import MAR_VERSION, ServingError, max_request_size
+from zoo.serving.properties import allowed_urls, escape, property_path
 
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"
 LOOPBACK = "127.0.0.1"
+PRIVATE_UMASK = 0o077
 
 
 def run_dir(path: str | Path | None = None) -> Path:
-    """The run directory: ``path``, else ``$ZOO_SERVE_DIR``, else ``~/.cache/zoo/serve``."""
-    if path is not None:
-        return Path(path).expanduser().resolve()
-    env = os.environ.get("ZOO_SERVE_DIR")
-    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "zoo" / "serve"
+    """The run directory: ``path``, else ``$ZOO_SERVE_DIR``, else ``~/.cache/zoo/serve``.
+
+    Made absolute but not resolved, so that a symlink there is refused rather than followed.
+    """
+    path = path if path is not None else os.environ.get("ZOO_SERVE_DIR")
+    if path:
+        return Path(os.path.abspath(Path(path).expanduser()))
+    return Path.home() / ".cache" / "zoo" / "serve"
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Within the block, the files and directories this process creates are private to the user (umask 077)."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) or take the existing directory, and make it 0700.
+
+    Refuses a symlink, a non-directory and a directory owned by another user:
+    the server's keys, code and logs are kept there.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ServingError(f"{path}: cannot use this as a run directory (it must be a real directory, "
+                           f"not a symlink): {exc.strerror}") from None
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner != os.getuid():
+            raise ServingError(f"{path}: the run directory belongs to another user (uid {owner})")
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, through a new file that only the user can read (0600)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -52,6 +101,7 @@ class ServerConfig:
 
     model_store: Path
     models: list[str]  # .mar file names in the store
+    workflow_store: Path  # TorchServe's default is the model store; keep it apart, private and empty
     inference_port: int = 0
     management_port: int = 0
     metrics_port: int = 0
@@ -63,6 +113,8 @@ class ServerConfig:
     workers: int = 1
     response_timeout: int = 120
     token_expiration_min: int = 1440
+    max_request_size: int | None = None  # the largest body any served model accepts
+    netty_threads: int | None = None  # front-end threads; None leaves TorchServe's default (one per core)
     extra: dict[str, str] = field(default_factory=dict)
 
     def assign_ports(self) -> None:
@@ -76,6 +128,7 @@ class ServerConfig:
             setattr(self, name, port)
 
     def properties(self) -> str:
+        """The text of ``config.properties`` (a ServingError if a store path cannot be written safely)."""
         store = Path(self.model_store).resolve()
         models = {
             Path(mar).stem: {MAR_VERSION: {
@@ -92,18 +145,26 @@ class ServerConfig:
             "grpc_management_address": LOOPBACK,
             "grpc_inference_port": str(self.grpc_inference_port),
             "grpc_management_port": str(self.grpc_management_port),
-            "model_store": str(store),
+            "model_store": property_path(store),
+            "workflow_store": property_path(Path(self.workflow_store).resolve()),
             "load_models": ",".join(Path(m).name for m in self.models),
             "models": json.dumps(models, separators=(",", ":")),
             "default_workers_per_model": str(self.workers),
-            # Security: no registering models over HTTP, and only the local store may be fetched from.
+            # Security: no registering models over HTTP; the workflow API (which that does not cover) may
+            # only fetch plain .mar names from the store. Java reads backslashes in this file as escapes.
             "enable_model_api": "false",
-            "allowed_urls": "file://" + str(store).replace(".", "\\.") + "/.*",
+            "allowed_urls": escape(allowed_urls(store)),
             "disable_token_authorization": "false" if self.auth else "true",
             "token_expiration_min": str(self.token_expiration_min),
             "install_py_dep_per_model": "false",
             "enable_envvars_config": "false",
             "default_response_timeout": str(self.response_timeout),
+            "metrics_mode": "prometheus",
+            # Workers hand the handler the raw body, so it checks the model's size limit before any JSON parsing.
+            "decode_input_request": "false",
+            **({"max_request_size": str(self.max_request_size)} if self.max_request_size else {}),
+            **({"number_of_netty_threads": str(self.netty_threads), "netty_client_threads": str(self.netty_threads)}
+               if self.netty_threads else {}),
             **self.extra,
         }
         lines = ["# Written by ae-zoo (zoo serve)."] + [f"{k}={v}" for k, v in values.items()]
@@ -135,10 +196,7 @@ class ServerState:
         return cls(**json.loads(path.read_text()))
 
     def write(self) -> None:
-        path = Path(self.directory) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_private(Path(self.directory) / STATE_FILE, json.dumps(asdict(self), indent=2) + "\n")
 
     # Tokens and requests -------------------------------------------------------------------
 
@@ -188,29 +246,35 @@ def start(models: list[Path], directory: str | Path | None = None, *, port: int 
 
     The archives are copied into ``<directory>/model-store``. ``python`` picks
     the interpreter (and so the environment) TorchServe and its workers run in.
+    The run directory is made private (0700, see :func:`private_dir`); what
+    this process and TorchServe (umask 077) create in it is private too.
     """
     directory = run_dir(directory)
     existing = ServerState.read(directory)
     if existing is not None and existing.alive():
         raise ServingError(f"a server started from {directory} is already running (pid {existing.pid}); "
                            "stop it with `zoo serve --stop`")
-    if existing is not None:
-        (directory / STATE_FILE).unlink(missing_ok=True)
     store = directory / "model-store"
-    if store.exists():
-        shutil.rmtree(store)
-    store.mkdir(parents=True)
-    for mar in models:
-        shutil.copy2(mar, store / Path(mar).name)
-    for sub in ("logs", "tmp"):
-        shutil.rmtree(directory / sub, ignore_errors=True)
-        (directory / sub).mkdir(parents=True)
-    (directory / KEY_FILE).unlink(missing_ok=True)
-    config = ServerConfig(store, [Path(m).name for m in models], inference_port=port, auth=auth,
-                          batch_size=batch_size, max_batch_delay=max_batch_delay, workers=workers,
-                          extra=dict(extra_properties or {}))
+    config = ServerConfig(store, [Path(m).name for m in models], directory / "workflow-store", inference_port=port,
+                          auth=auth, batch_size=batch_size, max_batch_delay=max_batch_delay, workers=workers,
+                          max_request_size=max_request_size(models), extra=dict(extra_properties or {}),
+                          # On a few cores, one front-end thread each way leaves the rest to the workers:
+                          # +10-15% req/s on 2 cores (benchmarks/serve_throughput.py).
+                          netty_threads=1 if (os.cpu_count() or 1) <= 4 else None)
     config.assign_ports()
-    (directory / "config.properties").write_text(config.properties())
+    properties = config.properties()  # refuses a path that config.properties cannot hold before anything is made
+    with private_umask():
+        private_dir(directory)
+        (directory / STATE_FILE).unlink(missing_ok=True)
+        (directory / KEY_FILE).unlink(missing_ok=True)
+        # Recreated empty on every start: the workflow store must never hold an archive we did not put there.
+        for sub in (store, config.workflow_store, directory / "logs", directory / "tmp"):
+            shutil.rmtree(sub, ignore_errors=True)
+            sub.mkdir()
+        for mar in models:
+            shutil.copyfile(mar, store / Path(mar).name)  # not copy2: that would copy the source's mode too
+        write_private(directory / "config.properties", properties)
+        log = open(directory / "logs" / "launcher.log", "ab")
     cpus = os.cpu_count() or 1
     process_env = {
         **os.environ,
@@ -228,9 +292,9 @@ def start(models: list[Path], directory: str | Path | None = None, *, port: int 
     ]
     if not auth:
         command.append("--disable-token-auth")
-    log = open(directory / "logs" / "launcher.log", "ab")
+    # umask 077 for the JVM and its workers: TorchServe creates key_file.json 0644 and only then chmods it.
     process = subprocess.Popen(command, cwd=directory, env=process_env, stdin=subprocess.DEVNULL, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+                               stderr=subprocess.STDOUT, start_new_session=True, umask=PRIVATE_UMASK)
     log.close()
     state = ServerState(
         pid=process.pid, pgid=os.getpgid(process.pid), directory=str(directory),
@@ -260,7 +324,7 @@ def wait_ready(state: ServerState, timeout: float = 180.0, process: subprocess.P
             raise ServingError(f"TorchServe exited with status {process.returncode} while starting; "
                                f"see {state.directory}/logs\n{log_tail(Path(state.directory))}")
         if state.auth and not state.keys():
-            time.sleep(0.2)
+            time.sleep(0.05)
             continue
         still = []
         for name in pending:
@@ -276,7 +340,7 @@ def wait_ready(state: ServerState, timeout: float = 180.0, process: subprocess.P
         pending = still
         if not pending:
             return
-        time.sleep(0.25)
+        time.sleep(0.1)
     raise ServingError(f"TorchServe did not become ready within {timeout:.0f} s ({last}); "
                        f"see {state.directory}/logs\n{log_tail(Path(state.directory))}")
 
