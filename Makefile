@@ -7,17 +7,18 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test demo clean
 
-$(STAMP): pyproject.toml examples/beta_vae/pyproject.toml
+$(STAMP): pyproject.toml constraints.txt examples/beta_vae/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test]' -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/zoo data fetch mnist
+	$(VENV)/bin/zoo data fetch photos
 	$(PY) -m pytest
 
 DEMO_OUT := demo-output

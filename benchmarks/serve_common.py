@@ -52,10 +52,16 @@ def digit_png(seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def start_server(source: str, tmp: Path, batch_size: int, max_batch_delay: int = 5, workers: int = 1):
+def start_server(source: str, tmp: Path, batch_size: int, max_batch_delay: int = 5, workers: int = 1,
+                 engine: str = "torchserve"):
+    """(state, mar): TorchServe, or KServe's model server (``engine="kserve"``, one worker), on ``source``."""
     options = PackageOptions(batch_size=batch_size, max_batch_delay=max_batch_delay, workers=workers)
     mar = package(source, tmp / f"mars-{batch_size}", options, name=MODEL)
     directory = tmp / f"run-{batch_size}-{time.monotonic_ns()}"
+    if engine == "kserve":
+        from zoo.serving import kserve_engine
+
+        return kserve_engine.start(mar, directory, batch_size=batch_size, max_batch_delay=max_batch_delay), mar
     state = server.start([mar], directory, batch_size=batch_size, max_batch_delay=max_batch_delay, workers=workers)
     return state, mar
 

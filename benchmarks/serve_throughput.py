@@ -7,10 +7,12 @@ each reply format (``Accept: application/json``: base64 PNG in JSON, and
 ``Accept: image/png``: the PNG itself). In the same run it measures the same
 archive's handler ``handle()`` in this process (torch limited to 1 thread like
 the worker) on batches of the same size with the same headers, and prints the
-ratio HTTP req/s : in-process images/s. Last, it times ``zoo serve`` from the
-command to READY, twice (the second reuses the archive it built).
+ratio HTTP req/s : in-process images/s. With ``--engine torchserve kserve`` it
+does the same against KServe's own model server (``zoo serve --engine kserve``)
+in the same run. Last, it times ``zoo serve`` from the command to READY, twice
+(the second reuses the archive it built).
 
-    python benchmarks/serve_throughput.py [--requests 4000] [--concurrency 8]
+    python benchmarks/serve_throughput.py [--requests 4000] [--concurrency 8] [--engine torchserve kserve]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--accept", nargs="+", default=["application/json", "image/png"])
+    parser.add_argument("--engine", nargs="+", choices=["torchserve", "kserve"], default=["torchserve"])
     parser.add_argument("--in-process-seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
 
@@ -45,9 +48,10 @@ def main(argv=None) -> dict:
     print(f"model: {description}; request: reconstruct, 28x28 PNG ({len(body)} bytes) as image/png", flush=True)
     results = {"model": description, "concurrency": args.concurrency, "runs": []}
     try:
-        for batch_size in args.batch_sizes:
-            for accept in args.accept:
-                results["runs"].append(measure(source, tmp, body, batch_size, accept, args))
+        for engine in args.engine:
+            for batch_size in args.batch_sizes:
+                for accept in args.accept:
+                    results["runs"].append(measure(source, tmp, body, batch_size, accept, engine, args))
         results["zoo_serve_to_ready_s"] = time_zoo_serve(source, tmp)
         print(f"zoo serve to READY: {results['zoo_serve_to_ready_s']} s (first: builds the archive; "
               "second: reuses it)", flush=True)
@@ -57,11 +61,11 @@ def main(argv=None) -> dict:
     return results
 
 
-def measure(source, tmp, body: bytes, batch_size: int, accept: str, args) -> dict:
-    state, mar = start_server(source, tmp, batch_size)
+def measure(source, tmp, body: bytes, batch_size: int, accept: str, engine: str, args) -> dict:
+    state, mar = start_server(source, tmp, batch_size, engine=engine)
     headers = {"Accept": accept}
     try:
-        url = f"{state.inference_url}/predictions/{MODEL}"
+        url = state.predict_url(MODEL)
         load(url, body, headers={**state.headers(), **headers}, concurrency=args.concurrency, total=args.warmup)
         http = load(url, body, headers={**state.headers(), **headers}, concurrency=args.concurrency,
                     total=args.requests)
@@ -75,9 +79,9 @@ def measure(source, tmp, body: bytes, batch_size: int, accept: str, args) -> dic
     finally:
         torch.set_num_threads(threads)
     summary = http.summary()
-    run = {"batch_size": batch_size, "accept": accept, "http": summary, "in_process_img_per_s": round(local, 1),
-           "http_to_in_process": round(summary["req_per_s"] / local, 3)}
-    print(f"batch {batch_size}, Accept {accept}: {summary['req_per_s']} req/s, p50 {summary['p50_ms']} ms, "
+    run = {"engine": engine, "batch_size": batch_size, "accept": accept, "http": summary,
+           "in_process_img_per_s": round(local, 1), "http_to_in_process": round(summary["req_per_s"] / local, 3)}
+    print(f"{engine}, batch {batch_size}, Accept {accept}: {summary['req_per_s']} req/s, p50 {summary['p50_ms']} ms, "
           f"p99 {summary['p99_ms']} ms, statuses {summary['statuses']}; in-process handle() "
           f"{local:.0f} img/s; HTTP/in-process = {run['http_to_in_process']:.2f}", flush=True)
     return run

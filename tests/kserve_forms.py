@@ -92,6 +92,27 @@ def _kind(task: str) -> str:
     return TASKS[task].input
 
 
+def answer_locally(service, body: dict) -> tuple[int, dict]:
+    """(status, decoded reply) of the zoo service in this process for one JSON body."""
+    import json
+
+    from zoo_handlers.protocols import Request
+
+    (reply,) = service.answer([Request(json.dumps(body).encode(), "application/json")])
+    return reply.status, json.loads(reply.body)
+
+
+def reference_service(mar, folder):
+    """The service of archive ``mar`` unpacked into ``folder``: what a server's replies are compared against."""
+    import zipfile
+
+    from zoo_handlers.service import ZooService
+
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(folder)
+    return ZooService.from_model_dir(folder, name=mar.stem)
+
+
 def assert_same_reply(served, local, path: str = "reply") -> None:
     """Replies agree: same structure, PNGs within 1/255 per pixel, numbers within 1e-4."""
     from zoo_handlers.images import decode_png

@@ -168,7 +168,7 @@ class Served:
         return self.state.headers(api)
 
 
-def _with_example_plugin(tmp: Path):
+def with_example_plugin(tmp: Path):
     """Make the example third-party plugin discoverable through a real entry point (until undone)."""
     site = tmp / "third-party-site"
     site.mkdir()
@@ -193,7 +193,7 @@ def _with_example_plugin(tmp: Path):
 def zoo_models(tmp_path_factory) -> dict[str, ModelUnderTest]:
     """Every pretrained model, plus one freshly created model per architecture (incl. a third-party one)."""
     tmp = tmp_path_factory.mktemp("zoo-models")
-    undo = _with_example_plugin(tmp) if EXAMPLE_PLUGIN.is_dir() else (lambda: None)
+    undo = with_example_plugin(tmp) if EXAMPLE_PLUGIN.is_dir() else (lambda: None)
     models: dict[str, ModelUnderTest] = {}
     try:
         for name in zoo.list_models():
@@ -262,3 +262,12 @@ def post_json(served: Served, name: str, data, headers=None):
     body = data if isinstance(data, (bytes, str)) else json.dumps(data)
     body = body.encode() if isinstance(body, str) else body
     return post(served.url(name), body, "application/json", served.headers() if headers is None else headers)
+
+
+def listening(pid: int) -> list:
+    """The TCP sockets process ``pid`` listens on (psutil 5.9, which KServe pins, and psutil 6+)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    connections = getattr(process, "net_connections", None) or process.connections
+    return [c for c in connections("inet") if c.status == psutil.CONN_LISTEN]

@@ -17,13 +17,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.kserve_forms import assert_same_reply, v1_forms, v2_forms
+from tests.kserve_forms import answer_locally, assert_same_reply, reference_service, v1_forms, v2_forms
 from tests.serving_fixtures import b64, post, random_image
 from zoo.serving import server
 from zoo.serving.package import KSERVE_PORTS, KSERVE_STORE
@@ -45,20 +44,7 @@ def layout(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(layout, tmp_path_factory):
-    """The same archive's service in process: what every served reply is compared against."""
-    from zoo_handlers.service import ZooService
-
-    unpacked = tmp_path_factory.mktemp("kserve-unpacked")
-    with zipfile.ZipFile(layout / "model-store" / f"{MODEL}.mar") as archive:
-        archive.extractall(unpacked)
-    return ZooService.from_model_dir(unpacked, name=MODEL)
-
-
-def answer_locally(reference, body: dict) -> tuple[int, dict]:
-    from zoo_handlers.protocols import Request
-
-    (reply,) = reference.answer([Request(json.dumps(body).encode(), "application/json")])
-    return reply.status, json.loads(reply.body)
+    return reference_service(layout / "model-store" / f"{MODEL}.mar", tmp_path_factory.mktemp("kserve-unpacked"))
 
 
 class KServeTorchServe:

@@ -30,6 +30,7 @@ from tests.serving_fixtures import (  # noqa: F401  (fixtures)
     Served,
     b64,
     huge_png,
+    listening,
     post,
     post_json,
     python_can_import,
@@ -269,15 +270,15 @@ def test_auth_is_on_no_token_is_rejected_and_the_token_works(served: Served):
 
 def test_listens_only_on_loopback_and_the_model_api_is_off(served: Served):
     pids = server.group_pids(served.state.pgid)
-    listening = []
+    sockets = []
     for pid in pids:
         try:
-            listening += [c for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+            sockets += listening(pid)
         except psutil.NoSuchProcess:
             continue
-    assert len({c.laddr.port for c in listening}) >= 5
+    assert len({c.laddr.port for c in sockets}) >= 5
     # The JVM reports IPv4 sockets as IPv4-mapped IPv6 addresses.
-    assert all(c.laddr.ip.removeprefix("::ffff:") == "127.0.0.1" for c in listening), listening
+    assert all(c.laddr.ip.removeprefix("::ffff:") == "127.0.0.1" for c in sockets), sockets
     status, reply = post(f"{served.state.management_url}/models?url=http://example.com/x.mar", b"", None,
                          served.headers("management"))
     assert status == 405, (status, reply)

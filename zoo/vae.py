@@ -92,9 +92,15 @@ class VariationalAutoencoder(Autoencoder):
         return self.decode(z)
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO per image at the posterior mean, in nats."""
+        """Negative ELBO per image at the posterior mean, in nats.
+
+        The per-pixel terms are summed in float64: a score of a few hundred nats summed in
+        float32 is only good to about 1e-4, and then depends on the order of summation (so
+        on the batch size, the device and the runtime, e.g. an exported ONNX graph).
+        """
         mu, logvar = self.posterior(x)
-        return kl_standard_normal(mu, logvar) - self.log_likelihood(self.decoder_logits(mu), x)
+        logits, x, mu, logvar = (t.double() for t in (self.decoder_logits(mu), x, mu, logvar))
+        return (kl_standard_normal(mu, logvar) - self.log_likelihood(logits, x)).float()
 
     @torch.no_grad()
     def importance_weighted_log_likelihood(

@@ -8,12 +8,12 @@ import click
 
 from zoo.errors import ZooError
 
-#: Which module defines each command. A command's module is imported only when that command
-#: runs (or help lists it), so `zoo serve`, `zoo predict` and `zoo --help` do not wait for torch.
+#: Which module defines each command. A command's module is imported only when that command runs
+#: (or the group's help lists it), so `zoo predict` and `zoo serve` need not wait for torch.
 COMMAND_MODULES = {
     "list": "catalog", "info": "catalog", "plugins": "catalog", "data": "data", "train": "train",
     "eval": "evaluate", "package": "serve", "serve": "serve", "predict": "serve", "publish": "publish",
-    "card": "publish",
+    "card": "publish", "export": "export",
 }
 
 

@@ -71,14 +71,17 @@ def package_command(models, out, batch_size, max_batch_delay, workers, half, com
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for READY workers.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default: $ZOO_SERVE_DIR or ~/.cache/zoo/serve).")
+@click.option("--engine", type=click.Choice(["torchserve", "kserve"]), default="torchserve", show_default=True,
+              help="TorchServe, or KServe's own model server (one model; needs ae-zoo[kserve]).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=0, help="--engine kserve: REST port.")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=0, help="--engine kserve: gRPC port.")
 def serve_command(models, port, batch_size, max_batch_delay, workers, half, compile_, no_auth, foreground, stop_,
-                  timeout, directory):
-    """Serve models with TorchServe on 127.0.0.1 until `zoo serve --stop`.
+                  timeout, directory, engine, http_port, grpc_port):
+    """Serve models on 127.0.0.1 until `zoo serve --stop`: TorchServe, or KServe's model server.
 
     MODELS are registered names, checkpoint folders or .mar files. They are
     packaged (an archive built earlier is reused while nothing in it changed),
-    a config.properties is written, TorchServe starts and the command returns
-    once every worker is READY.
+    the server starts and the command returns once every model is ready.
     """
     from zoo.serving import server
     from zoo.serving.package import package_cached
@@ -103,23 +106,61 @@ def serve_command(models, port, batch_size, max_batch_delay, workers, half, comp
         for model in models:
             is_mar = str(model).endswith(".mar") and Path(model).is_file()
             mars.append(Path(model) if is_mar else package_cached(model, build, options))
-    click.echo(f"starting TorchServe for {', '.join(m.stem for m in mars)} ...", err=True)
-    state = server.start(mars, directory, port=port, auth=not no_auth, batch_size=batch_size,
-                         max_batch_delay=max_batch_delay, workers=workers, timeout=timeout)
-    click.echo(f"inference:  {state.inference_url}/predictions/<model>")
-    click.echo(f"management: {state.management_url}")
-    click.echo(f"metrics:    {state.metrics_url}/metrics")
-    click.echo(f"gRPC:       127.0.0.1:{state.grpc_inference_port} (inference), "
-               f"127.0.0.1:{state.grpc_management_port} (management)")
-    click.echo(f"models:     {', '.join(state.models)}")
-    if state.auth:
-        click.echo(f"key file:   {state.key_file} (send: Authorization: Bearer <inference key>)")
+    if engine == "kserve":
+        state = _start_kserve(mars, directory, http_port, grpc_port, batch_size, max_batch_delay, timeout)
     else:
-        click.echo("auth:       OFF (--no-auth)")
+        if http_port or grpc_port:
+            raise click.UsageError("--http-port and --grpc-port are for --engine kserve; TorchServe takes --port")
+        click.echo(f"starting TorchServe for {', '.join(m.stem for m in mars)} ...", err=True)
+        state = server.start(mars, directory, port=port, auth=not no_auth, batch_size=batch_size,
+                             max_batch_delay=max_batch_delay, workers=workers, timeout=timeout)
+    _describe(state, directory, foreground)
+    if foreground:
+        _wait_in_foreground(state, directory)
+
+
+def _start_kserve(mars, directory, http_port, grpc_port, batch_size, max_batch_delay, timeout):
+    from zoo.serving import kserve_engine
+
+    if len(mars) != 1:
+        raise click.UsageError("--engine kserve serves one model per server; start one per --dir")
+    click.echo(f"starting KServe's model server for {mars[0].stem} ...", err=True)
+    return kserve_engine.start(mars[0], directory, http_port=http_port, grpc_port=grpc_port,
+                               batch_size=batch_size, max_batch_delay=max_batch_delay, timeout=timeout)
+
+
+def _describe(state, directory, foreground) -> None:
+    from zoo.serving import server
+
+    for line in _endpoint_lines(state):
+        click.echo(line)
     click.echo(f"logs:       {directory / 'logs'}")
     if not foreground:
         click.echo("stop with:  zoo serve --stop" + (f" --dir {directory}" if directory != server.run_dir() else ""))
-        return
+
+
+def _endpoint_lines(state) -> list[str]:
+    if state.engine == "kserve":
+        name = state.models[0]
+        return [f"v1:         {state.inference_url}/v1/models/{name}:predict",
+                f"v2:         {state.inference_url}/v2/models/{name}/infer",
+                f"gRPC:       127.0.0.1:{state.grpc_inference_port} (v2 inference)",
+                f"metrics:    {state.metrics_url}/metrics",
+                "auth:       none (KServe's server has no tokens; it listens on 127.0.0.1 only)"]
+    auth = (f"key file:   {state.key_file} (send: Authorization: Bearer <inference key>)" if state.auth
+            else "auth:       OFF (--no-auth)")
+    return [f"inference:  {state.inference_url}/predictions/<model>",
+            f"management: {state.management_url}",
+            f"metrics:    {state.metrics_url}/metrics",
+            f"gRPC:       127.0.0.1:{state.grpc_inference_port} (inference), "
+            f"127.0.0.1:{state.grpc_management_port} (management)",
+            f"models:     {', '.join(state.models)}",
+            auth]
+
+
+def _wait_in_foreground(state, directory) -> None:
+    from zoo.serving import server
+
     click.echo("serving in the foreground; Ctrl-C stops the server")
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
@@ -153,7 +194,7 @@ def predict_command(model, input, task, out, show, directory):
 
     reply = predict(model, input, task=task, directory=directory)
     if not reply.ok:
-        message = reply.body.get("message") or json.dumps(reply.body)
+        message = reply.body.get("message") or reply.body.get("error") or json.dumps(reply.body)
         raise click.ClickException(f"HTTP {reply.status}: {message}")
     if out is not None:
         for path in save_outputs(reply.body, out):

@@ -88,8 +88,7 @@ def predict(model: str, source: str | bytes | dict, task: str | None = None, dir
     if model not in state.models:
         raise ServingError(f"the running server does not serve {model!r}; it serves: {', '.join(state.models)}")
     body, content_type = request_body(source, task)
-    return post(f"{state.inference_url}/predictions/{model}", body, content_type, state.headers("inference"),
-                timeout=timeout)
+    return post(state.predict_url(model), body, content_type, state.headers("inference"), timeout=timeout)
 
 
 def save_outputs(reply: dict[str, Any], out: str | Path) -> list[Path]:

@@ -187,6 +187,7 @@ class ServerState:
     auth: bool
     key_file: str | None
     started: float
+    engine: str = "torchserve"  # or "kserve": KServe's own model server (zoo.serving.kserve_engine)
 
     @classmethod
     def read(cls, directory: Path) -> "ServerState | None":
@@ -213,6 +214,12 @@ class ServerState:
     def headers(self, api: str = "inference") -> dict[str, str]:
         key = self.keys().get(api)
         return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def predict_url(self, model: str) -> str:
+        """Where a native or KServe v1 request for ``model`` goes on this server."""
+        if self.engine == "kserve":
+            return f"{self.inference_url}/v1/models/{model}:predict"
+        return f"{self.inference_url}/predictions/{model}"
 
     def alive(self) -> bool:
         return _alive(self.pid)

@@ -1,0 +1,1 @@
+"""Compressing images with a model's encoder and restoring them with its decoder."""

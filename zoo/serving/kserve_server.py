@@ -1,0 +1,117 @@
+"""Entry point of the KServe model server for a zoo model: ``python -m zoo.serving.kserve_server``.
+
+It takes KServe's own arguments (``--model_name``, ``--http_port``, ``--grpc_port``,
+``--enable_grpc``, ...) plus ``--model_dir`` (a registered name, checkpoint
+folder, ``hf://`` id or ``.mar`` archive; in a cluster, the storageUri mounted
+at ``/mnt/models``), ``--host`` and the batching options. ``zoo serve --engine
+kserve`` runs this module on 127.0.0.1; a container runs it on 0.0.0.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import zipfile
+from pathlib import Path
+
+import grpc
+import kserve
+from fastapi.responses import JSONResponse
+from kserve import model_server
+
+from zoo.serving.kserve_model import RequestRejected, ZooKServeModel
+
+logger = logging.getLogger(__name__)
+
+
+def load_service(model_dir: str, name: str):
+    """A :class:`ZooService` for a registered name, a checkpoint folder, an ``hf://`` id or a ``.mar``.
+
+    A folder that holds no checkpoint but exactly one ``.mar`` (a storageUri with an archive) serves that archive.
+    """
+    from zoo_handlers.service import ZooService, select_device
+
+    folder = Path(model_dir)
+    archives = sorted(folder.glob("*.mar")) if folder.is_dir() and not (folder / "config.json").exists() else []
+    if len(archives) == 1:
+        model_dir = str(archives[0])
+    if str(model_dir).endswith(".mar") and Path(model_dir).is_file():
+        unpacked = Path(tempfile.mkdtemp(prefix="zoo-kserve-"))
+        with zipfile.ZipFile(model_dir) as archive:
+            archive.extractall(unpacked)
+        return ZooService.from_model_dir(unpacked, gpu_id=0, name=name)
+    import zoo
+
+    device = select_device(0)
+    return ZooService(zoo.load(model_dir, device=device), device, name=name)
+
+
+def bind_to(host: str) -> None:
+    """Make KServe 0.21 listen on ``host``: it binds REST to 0.0.0.0 and gRPC to [::] unconditionally."""
+    rest_server = model_server.RESTServer
+
+    class HostRESTServer(rest_server):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.config.host = host
+
+    model_server.RESTServer = HostRESTServer
+    make_server = grpc.aio.server
+
+    def server_on_host(*args, **kwargs):
+        server = make_server(*args, **kwargs)
+        add_port = server.add_insecure_port
+        server.add_insecure_port = lambda address: add_port(address.replace("[::]", host, 1))
+        return server
+
+    grpc.aio.server = server_on_host
+
+
+async def _rejected(_, exc: RequestRejected) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, content={"error": exc.message})
+
+
+def limit_bodies(limit: int) -> None:
+    """Refuse REST bodies over ``limit`` bytes (413) before KServe reads or parses them, and gRPC messages too.
+
+    KServe's server has no size limit of its own: without this a huge JSON body would be parsed whole.
+    """
+    @model_server.app.middleware("http")
+    async def check_length(request, call_next):
+        if request.method in ("POST", "PUT"):
+            length = request.headers.get("content-length")
+            if length is None:
+                return JSONResponse(status_code=411, content={"error": "send a Content-Length header"})
+            if not length.isdigit() or int(length) > limit:
+                return JSONResponse(status_code=413, content={
+                    "error": f"request body of {length[:20]} bytes exceeds this model's limit of {limit}"})
+        return await call_next(request)
+
+    model_server.args.grpc_max_receive_message_length = limit
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(parents=[model_server.parser], description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_dir", required=True, help="registered name, checkpoint folder, hf:// id or .mar")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (zoo serve uses 127.0.0.1)")
+    p.add_argument("--max_batch_size", type=int, default=8, help="requests answered in one batch at most")
+    p.add_argument("--max_batch_delay_ms", type=float, default=5.0, help="how long a batch waits to fill")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    name = args.model_name or Path(str(args.model_dir)).stem
+    service = load_service(args.model_dir, name)
+    bind_to(args.host)
+    limit_bodies(service.spec.body_bytes)
+    model_server.app.add_exception_handler(RequestRejected, _rejected)
+    model = ZooKServeModel(name, service, args.max_batch_size, args.max_batch_delay_ms / 1000)
+    logger.info("zoo model %s (%s) ready on %s", name, ", ".join(service.tasks), service.device)
+    kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
+                       workers=1).start([model])
+
+
+if __name__ == "__main__":
+    main()
