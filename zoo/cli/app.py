@@ -13,7 +13,7 @@ from zoo.errors import ZooError
 COMMAND_MODULES = {
     "list": "catalog", "info": "catalog", "plugins": "catalog", "data": "data", "train": "train",
     "eval": "evaluate", "package": "serve", "serve": "serve", "predict": "serve", "publish": "publish",
-    "card": "publish", "export": "export",
+    "card": "publish", "export": "export", "compress": "compress", "decompress": "compress",
 }
 
 
