@@ -17,10 +17,12 @@ from pathlib import Path
 
 import grpc
 import kserve
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import model_server
 
 from zoo.serving.kserve_model import RequestRejected, ZooKServeModel
+from zoo_handlers.errors import clean
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,12 @@ async def _rejected(_, exc: RequestRejected) -> JSONResponse:
     return JSONResponse(status_code=exc.status, content={"error": exc.message})
 
 
+async def _invalid(_, exc: RequestValidationError) -> JSONResponse:
+    """KServe's v2 schema errors, as a short ``{"error": ...}`` that does not echo the client's values."""
+    problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[2:]) or 'body'}: {e.get('msg')}" for e in exc.errors()[:3]]
+    return JSONResponse(status_code=422, content={"error": clean("invalid v2 request: " + "; ".join(problems))})
+
+
 def limit_bodies(limit: int) -> None:
     """Refuse REST bodies over ``limit`` bytes (413) before KServe reads or parses them, and gRPC messages too.
 
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     bind_to(args.host)
     limit_bodies(service.spec.body_bytes)
     model_server.app.add_exception_handler(RequestRejected, _rejected)
+    model_server.app.add_exception_handler(RequestValidationError, _invalid)
     model = ZooKServeModel(name, service, args.max_batch_size, args.max_batch_delay_ms / 1000)
     logger.info("zoo model %s (%s) ready on %s", name, ", ".join(service.tasks), service.device)
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
