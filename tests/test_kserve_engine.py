@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -24,6 +25,7 @@ import pytest
 
 from tests.kserve_forms import answer_locally, assert_same_reply, reference_service, v1_forms, v2_forms
 from tests.serving_fixtures import b64, listening, post, random_image
+import zoo
 from zoo.serving import PackageOptions, ServingError, package, server
 
 MODEL = "conv-vae-mnist"
@@ -42,17 +44,23 @@ def reference(mar, tmp_path_factory):
     return reference_service(mar, tmp_path_factory.mktemp("kserve-engine-unpacked"))
 
 
-@pytest.fixture(scope="module")
-def engine(mar, tmp_path_factory):
-    """`zoo serve MAR --engine kserve`, as a user runs it; stopped with `zoo serve --stop`."""
-    directory = tmp_path_factory.mktemp("kserve-engine") / "run"
+@contextmanager
+def serve_with_kserve(target: str, directory: Path):
+    """`zoo serve TARGET --engine kserve`, as a user runs it, until `zoo serve --stop` when the block ends."""
     cli = [sys.executable, "-m", "zoo.cli"]
-    result = subprocess.run([*cli, "serve", str(mar), "--engine", "kserve", "--dir", str(directory)],
+    result = subprocess.run([*cli, "serve", target, "--engine", "kserve", "--dir", str(directory)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    state = server.ServerState.read(directory)
-    yield state
-    subprocess.run([*cli, "serve", "--stop", "--dir", str(directory)], capture_output=True, timeout=120)
+    try:
+        yield server.ServerState.read(directory)
+    finally:
+        subprocess.run([*cli, "serve", "--stop", "--dir", str(directory)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def engine(mar, tmp_path_factory):
+    with serve_with_kserve(str(mar), tmp_path_factory.mktemp("kserve-engine") / "run") as state:
+        yield state
 
 
 def send(state, path: str, body) -> tuple[int, dict]:
@@ -94,6 +102,20 @@ def test_every_form_is_answered_like_the_handler_in_process(engine, reference, f
         status, reply = send(engine, path, body)
         assert status == 200, (label, status, reply)
         assert_same_reply(without_nulls(reply), expected, label)
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.list_models() if n != MODEL])
+def test_every_other_bundled_model_answers_v1_and_v2_like_in_process(name, tmp_path):
+    mar = package(name, tmp_path / "mar", PackageOptions())
+    reference = reference_service(mar, tmp_path / "unpacked")
+    with serve_with_kserve(name, tmp_path / "run") as state:
+        for path, forms in ((V1.replace(MODEL, mar.stem), v1_forms), (V2.replace(MODEL, mar.stem), v2_forms)):
+            for label, body in forms(reference.model):
+                expected_status, expected = answer_locally(reference, body)
+                assert expected_status == 200, (name, label, expected)
+                status, reply = send(state, path, body)
+                assert status == 200, (name, label, status, reply)
+                assert_same_reply(without_nulls(reply), expected, f"{name} {label}")
 
 
 def test_a_v2_grpc_inference_through_kserves_client(engine, reference):
