@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tests.kserve_forms import answer_locally, assert_same_reply, reference_service, v1_forms, v2_forms
-from tests.serving_fixtures import b64, listening, post, random_image
+from tests.serving_fixtures import b64, listening, post, random_image, with_example_plugin
 import zoo
 from zoo.serving import PackageOptions, ServingError, package, server
 
@@ -116,6 +116,30 @@ def test_every_other_bundled_model_answers_v1_and_v2_like_in_process(name, tmp_p
                 status, reply = send(state, path, body)
                 assert status == 200, (name, label, status, reply)
                 assert_same_reply(without_nulls(reply), expected, f"{name} {label}")
+
+
+def test_a_third_party_plugin_archive_serves_where_the_plugin_is_not_installed(tmp_path):
+    """The example plugin is discoverable only in this process; the server finds it inside the .mar."""
+    import torch
+
+    from zoo.serving import kserve_engine
+
+    undo = with_example_plugin(tmp_path)
+    try:
+        torch.manual_seed(0)
+        folder = zoo.create("beta-vae").eval().save_pretrained(tmp_path / "beta")
+        mar = package(folder, tmp_path / "mar", PackageOptions())
+        reference = reference_service(mar, tmp_path / "unpacked")
+    finally:
+        undo()
+    state = kserve_engine.start(mar, tmp_path / "run")
+    try:
+        for label, body in v1_forms(reference.model):
+            status, reply = send(state, f"/v1/models/{mar.stem}:predict", body)
+            assert status == 200, (label, reply)
+            assert_same_reply(without_nulls(reply), answer_locally(reference, body)[1], label)
+    finally:
+        server.stop(tmp_path / "run")
 
 
 def test_a_v2_grpc_inference_through_kserves_client(engine, reference):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -42,6 +43,8 @@ def load_service(model_dir: str, name: str):
         unpacked = Path(tempfile.mkdtemp(prefix="zoo-kserve-"))
         with zipfile.ZipFile(model_dir) as archive:
             archive.extractall(unpacked)
+        # Last on the path: installed packages win, and a plugin that is only in the archive is still found.
+        sys.path.append(str(unpacked))
         return ZooService.from_model_dir(unpacked, gpu_id=0, name=name)
     import zoo
 
