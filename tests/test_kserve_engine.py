@@ -86,6 +86,24 @@ def test_listens_on_loopback_only_and_is_ready(engine):
             assert response.status == 200, path
 
 
+def test_no_client_can_unload_the_model(engine):
+    """KServe's model-repository API needs no authorization; a zoo server refuses it over REST and gRPC."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    for action in ("unload", "load"):
+        status, reply = post(f"{engine.inference_url}/v2/repository/models/{MODEL}/{action}", b"", "application/json")
+        assert status == 403 and "disabled" in reply["error"], (action, status, reply)
+    with grpc.insecure_channel(f"127.0.0.1:{engine.grpc_inference_port}") as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelUnload(
+                pb.RepositoryModelUnloadRequest(model_name=MODEL), timeout=10)
+    assert "disabled" in refused.value.details()
+    with urllib.request.urlopen(f"{engine.inference_url}/v2/models/{MODEL}/ready", timeout=10) as response:
+        assert response.status == 200
+
+
 def test_metadata_lists_the_declared_tasks(engine, reference):
     with urllib.request.urlopen(f"{engine.inference_url}/v2/models/{MODEL}", timeout=10) as response:
         metadata = json.loads(response.read())

@@ -21,6 +21,8 @@ import kserve
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import model_server
+from kserve.errors import InvalidInput
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
 from zoo.serving.kserve_model import RequestRejected, ZooKServeModel
 from zoo_handlers.errors import clean
@@ -83,6 +85,28 @@ async def _invalid(_, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"error": clean("invalid v2 request: " + "; ".join(problems))})
 
 
+class RepositoryDisabled(InvalidInput):
+    """Loading or unloading through the model-repository API, which a zoo server refuses (REST 403)."""
+
+
+class FixedModelRepository(ModelRepositoryExtension):
+    """The repository API of a server that serves one fixed model: it lists the model, never (un)loads it.
+
+    KServe's server has no authorization, so otherwise any client that reaches it could unload
+    the model over REST (``/v2/repository/models/NAME/unload``) or gRPC.
+    """
+
+    async def load(self, model_name: str):
+        raise RepositoryDisabled("the model repository API is disabled: this server serves one fixed model")
+
+    async def unload(self, model_name: str):
+        raise RepositoryDisabled("the model repository API is disabled: this server serves one fixed model")
+
+
+async def _disabled(_, exc: RepositoryDisabled) -> JSONResponse:
+    return JSONResponse(status_code=403, content={"error": str(exc)})
+
+
 def limit_bodies(limit: int) -> None:
     """Refuse REST bodies over ``limit`` bytes (413) before KServe reads or parses them, and gRPC messages too.
 
@@ -119,10 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     limit_bodies(service.spec.body_bytes)
     model_server.app.add_exception_handler(RequestRejected, _rejected)
     model_server.app.add_exception_handler(RequestValidationError, _invalid)
+    model_server.app.add_exception_handler(RepositoryDisabled, _disabled)
     model = ZooKServeModel(name, service, args.max_batch_size, args.max_batch_delay_ms / 1000)
     logger.info("zoo model %s (%s) ready on %s", name, ", ".join(service.tasks), service.device)
-    kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
-                       workers=1).start([model])
+    server = kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
+                                workers=1)
+    server.model_repository_extension = FixedModelRepository(model_registry=server.registered_models)
+    server.start([model])
 
 
 if __name__ == "__main__":
