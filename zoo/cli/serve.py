@@ -95,10 +95,7 @@ def serve_command(models, port, batch_size, max_batch_delay, workers, half, comp
         return
     if not models:
         raise click.UsageError("name at least one model to serve (see `zoo list`)")
-    running = server.ServerState.read(directory)
-    if running is not None and running.alive():
-        raise click.ClickException(f"a server started from {directory} is already running (pid {running.pid}); "
-                                   "stop it with `zoo serve --stop`")
+    server.refuse_if_running(directory)  # before packaging: a running server is reported at once
     options = _package_options(batch_size, max_batch_delay, workers, half, compile_)
     mars = []
     with server.private_umask():  # the run directory and the archives built in it are private to the user

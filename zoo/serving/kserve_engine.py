@@ -20,9 +20,11 @@ import urllib.request
 from pathlib import Path
 
 from zoo.serving.package import ServingError
-from zoo.serving.server import LOOPBACK, STATE_FILE, ServerState, free_port, private_dir, private_umask, run_dir, stop
+from zoo.serving.server import (LOOPBACK, STATE_FILE, ServerState, free_port, log_tail, private_dir, private_umask,
+                                refuse_if_running, run_dir, stop)
 
 INSTALL_HINT = "pip install 'ae-zoo[kserve]'"
+LOG = "kserve.log"
 
 
 def require_kserve() -> None:
@@ -37,10 +39,7 @@ def start(mar: Path, directory: str | Path | None = None, *, http_port: int = 0,
     """Start KServe's model server on ``mar`` and wait until the model is ready."""
     require_kserve()
     directory = run_dir(directory)
-    existing = ServerState.read(directory)
-    if existing is not None and existing.alive():
-        raise ServingError(f"a server started from {directory} is already running (pid {existing.pid}); "
-                           "stop it with `zoo serve --stop`")
+    refuse_if_running(directory)
     name = Path(mar).stem
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
@@ -52,7 +51,7 @@ def start(mar: Path, directory: str | Path | None = None, *, http_port: int = 0,
         served = directory / "model-store" / Path(mar).name  # inside the run dir, so `stop` knows the process
         if Path(mar).resolve() != served.resolve():
             shutil.copyfile(mar, served)
-        log = open(directory / "logs" / "kserve.log", "ab")
+        log = open(directory / "logs" / LOG, "ab")
     command = [python or sys.executable, "-m", "zoo.serving.kserve_server", "--model_name", name,
                "--model_dir", str(served), "--host", LOOPBACK, "--http_port", str(http_port),
                "--grpc_port", str(grpc_port), "--max_batch_size", str(batch_size),
@@ -82,7 +81,7 @@ def wait_ready(state: ServerState, process: subprocess.Popen, timeout: float) ->
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServingError(f"KServe's model server exited with status {process.returncode} while starting; "
-                               f"see {state.directory}/logs\n{_tail(Path(state.directory))}")
+                               f"see {state.directory}/logs\n{log_tail(Path(state.directory), names=(LOG,))}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -92,7 +91,3 @@ def wait_ready(state: ServerState, process: subprocess.Popen, timeout: float) ->
         time.sleep(0.1)
     raise ServingError(f"KServe's model server was not ready within {timeout:.0f} s; see {state.directory}/logs")
 
-
-def _tail(directory: Path, lines: int = 30) -> str:
-    path = directory / "logs" / "kserve.log"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""

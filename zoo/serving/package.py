@@ -203,8 +203,11 @@ def package(target: str | Path, out: str | Path = ".", options: PackageOptions |
     """Build ``<out>/<name>.mar`` with torch-model-archiver and return its path."""
     options = options or PackageOptions()
     options.validate()
-    source = resolve_source(target, name)
-    out = Path(out).resolve()
+    return build(resolve_source(target, name), Path(out).resolve(), options)
+
+
+def build(source: Source, out: Path, options: PackageOptions) -> Path:
+    """Build ``<out>/<source.name>.mar`` from a resolved source with validated options."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="zoo-package-") as tmp:
         files = stage(source, options, Path(tmp) / "stage")
@@ -248,7 +251,7 @@ def package_cached(target: str | Path, out: str | Path, options: PackageOptions 
     source = resolve_source(target, name)
     stamp = out / f"{source.name}.mar{STAMP_SUFFIX}"
     stamp.unlink(missing_ok=True)
-    mar = package(target, out, options, name)
+    mar = build(source, out, options)
     files = [[str(path), *_signature(path)] for path in _source_files(source)]
     stamp.write_text(json.dumps({"request": request, "archive": mar.name, "files": files}))
     return mar

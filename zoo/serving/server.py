@@ -257,16 +257,13 @@ def start(models: list[Path], directory: str | Path | None = None, *, port: int 
     this process and TorchServe (umask 077) create in it is private too.
     """
     directory = run_dir(directory)
-    existing = ServerState.read(directory)
-    if existing is not None and existing.alive():
-        raise ServingError(f"a server started from {directory} is already running (pid {existing.pid}); "
-                           "stop it with `zoo serve --stop`")
+    refuse_if_running(directory)
     store = directory / "model-store"
     config = ServerConfig(store, [Path(m).name for m in models], directory / "workflow-store", inference_port=port,
                           auth=auth, batch_size=batch_size, max_batch_delay=max_batch_delay, workers=workers,
                           max_request_size=max_request_size(models), extra=dict(extra_properties or {}),
-                          # On a few cores, one front-end thread each way leaves the rest to the workers:
-                          # +10-15% req/s on 2 cores (benchmarks/serve_throughput.py).
+                          # On a few cores, one front-end thread each way leaves the rest to the workers
+                          # (+10-17% req/s at batch 8 in a side run on 2 cores; within noise in serve_throughput.py).
                           netty_threads=1 if (os.cpu_count() or 1) <= 4 else None)
     config.assign_ports()
     properties = config.properties()  # refuses a path that config.properties cannot hold before anything is made
@@ -352,9 +349,18 @@ def wait_ready(state: ServerState, timeout: float = 180.0, process: subprocess.P
                        f"see {state.directory}/logs\n{log_tail(Path(state.directory))}")
 
 
-def log_tail(directory: Path, lines: int = 30) -> str:
+def refuse_if_running(directory: Path) -> None:
+    """A ServingError if a server started from ``directory`` is still running."""
+    existing = ServerState.read(directory)
+    if existing is not None and existing.alive():
+        raise ServingError(f"a server started from {directory} is already running (pid {existing.pid}); "
+                           "stop it with `zoo serve --stop`")
+
+
+def log_tail(directory: Path, lines: int = 30, names=("model_log.log", "ts_log.log", "launcher.log")) -> str:
+    """The last ``lines`` of each of the server's log files ``names`` that exists."""
     parts = []
-    for name in ("model_log.log", "ts_log.log", "launcher.log"):
+    for name in names:
         path = directory / "logs" / name
         if path.is_file():
             text = path.read_text(errors="replace").splitlines()[-lines:]
