@@ -14,7 +14,7 @@ from zoo.model import Autoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
-    "colorization-ae-photos": "05bc62315a1dced7df673af655b0ad73118b03f6a2e82fe44d54393ded4a92fe",
+    "colorization-ae-photos": "22ee75bc4ef8ad689df3967950e40d5371669773c8d75d82596c328a811f4347",
 }
 AB_SCALE = 100.0  # Lab a/b are predicted in units of 100, i.e. roughly [-1.1, 1.1]
 

@@ -11,7 +11,7 @@ from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
-    "conv-vae-mnist": "8c8041158cb78d703cbf797eae13d091bd8fe018f6365c5e790bcbcad3afd5f4",
+    "conv-vae-mnist": "531757bd5acd1807ed3fc20831156e65e1a84b84f46724439caca70fb812e33b",
 }
 
 

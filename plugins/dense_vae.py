@@ -11,8 +11,8 @@ from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
-    "dense-vae-mnist": "b9c38545d4d68b8aab869bc3d9e5bb6422c7c897c0dc1a4d46735d3290a6df9d",
-    "dense-vae-mnist-2d": "798e05e7ade60c1c179c4f039500bf438078bba79956b18fbbc2cfaf1483088c",
+    "dense-vae-mnist": "48ab3d85a5516259c0751d20e73e5697e01297398ed2e15a3bb0f03c0ec9bc72",
+    "dense-vae-mnist-2d": "61159208b2369c3caf78a54dc277f7e2f45527b6c50607712b9c25264912d7eb",
 }
 
 

@@ -2,6 +2,8 @@
 
 import json
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -98,11 +100,55 @@ def test_failed_save_leaves_previous_checkpoint_intact(saved, monkeypatch):
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("zoo.checkpoint.save_file", explode)
+    monkeypatch.setattr("zoo.checkpoint.save", explode)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(saved)
     assert (saved / "model.safetensors").read_bytes() == before
     assert not list(saved.glob(".*.tmp"))
+
+
+SAVE_IN_A_NEW_PROCESS = """
+import sys, torch, zoo
+torch.manual_seed(0)
+model = zoo.create("dense-vae", hidden=[32], latent_dim=4)
+model.save_pretrained(sys.argv[1], metadata={"zeta": "1", "alpha": "2", "note": "same", "m": "3"})
+"""
+
+
+def test_saves_are_byte_identical_across_processes(tmp_path):
+    """safetensors orders the metadata by a per-process hash seed; the zoo writes it sorted."""
+    folders = [tmp_path / f"save{i}" for i in range(4)]
+    for folder in folders:
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_NEW_PROCESS, str(folder)], check=True)
+    for name in ("model.safetensors", "config.json"):
+        contents = {(folder / name).read_bytes() for folder in folders}
+        assert len(contents) == 1, f"{name} differs between processes"
+    header = (folders[0] / "model.safetensors").read_bytes()
+    metadata = json.loads(header[8:8 + int.from_bytes(header[:8], "little")])["__metadata__"]
+    assert list(metadata) == sorted(metadata) and metadata["architecture"] == "dense-vae"
+
+
+def test_canonical_header_keeps_tensors_and_is_idempotent(tmp_path):
+    from safetensors.torch import load, save
+
+    from zoo.checkpoint import canonical_safetensors
+
+    tensors = {"b": torch.arange(6.0).view(2, 3), "a": torch.ones(5, dtype=torch.int8), "c": torch.zeros(1)}
+    raw = save(tensors, metadata={"z": "1", "y": "2", "x": "3"})
+    once = canonical_safetensors(raw)
+    assert canonical_safetensors(once) == once
+    assert int.from_bytes(once[:8], "little") % 8 == 0
+    loaded = load(once)
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_resaving_a_pretrained_model_reproduces_its_pinned_sha256(tmp_path, name):
+    from zoo.checkpoint import sha256_file
+    from zoo.plugins import get_host
+
+    zoo.load(name).save_pretrained(tmp_path)
+    assert sha256_file(tmp_path / "model.safetensors") == get_host().registry.model(name).sha256
 
 
 class _Touch:

@@ -1,7 +1,9 @@
 """Safetensors checkpoints: ``model.safetensors`` beside a ``config.json``.
 
 Weights are only ever read with safetensors. Pickle-based files are refused,
-because unpickling runs arbitrary code from the file.
+because unpickling runs arbitrary code from the file. Saving is byte-deterministic:
+the same weights, config and metadata give the same files in any process, so a
+sha256 pin survives a re-save.
 """
 
 import hashlib
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from zoo.errors import CheckpointError, ConfigError
 
@@ -58,13 +60,31 @@ def _umask() -> int:
     return mask
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header rewritten in a fixed order.
+
+    safetensors keeps ``__metadata__`` in a hash map whose order changes from process to
+    process, so two saves of the same weights can differ in their header bytes. Here the
+    metadata keys are sorted and ``__metadata__`` comes first; the tensor entries keep
+    safetensors' own (deterministic) order and offsets, and the tensor bytes are untouched.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    metadata = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(metadata.items()))} if metadata else {}) | header
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header with spaces to 8-byte alignment
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
+
+
 def save_checkpoint(model: "Autoencoder", directory: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write the model's weights and config into ``directory`` (created if needed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
     header = {"format": "pt", "architecture": model.architecture, **(metadata or {})}
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    weights = canonical_safetensors(save(tensors, metadata=header))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: tmp.write_bytes(weights))
     config = {"format_version": FORMAT_VERSION, "architecture": model.architecture, "config": model.config.to_dict()}
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
