@@ -13,10 +13,12 @@ from huggingface_hub import ModelCard
 
 import zoo
 from tests.conftest import REPO
-from zoo.cards import card_eval_results, render_card, template_path, write_card
+from tests.test_evaluation import LATENT_PLUGIN, dataset
+from zoo.cards import card_eval_results, eval_results, render_card, template_path, write_card
 from zoo.checkpoint import save_checkpoint, sha256_file
 from zoo.cli import main
 from zoo.errors import CheckpointError
+from zoo.evaluation import evaluate
 
 CARDS = REPO / "model_cards"
 TRAINED = sorted(p for p in CARDS.iterdir() if (p / "config.json").is_file()) if CARDS.is_dir() else []
@@ -135,6 +137,72 @@ def test_zoo_card_rerenders_from_the_latest_eval_json(tmp_path):
 
     printed = CliRunner().invoke(main, ["card", str(folder), "--stdout"])
     assert printed.exit_code == 0 and printed.output == (folder / "README.md").read_text()
+
+
+def evaluated_vae_folder(root: Path) -> Path:
+    """A tiny dense-vae checkpoint with the eval.json that `zoo eval --out` writes for it."""
+    torch.manual_seed(0)
+    folder = root / "dense-vae-tiny"
+    save_checkpoint(zoo.create("dense-vae", image_size=8, hidden=[8], latent_dim=2), folder)
+    record = {"model": str(folder), **evaluate(zoo.load(str(folder)), dataset(1, 8, n=6), k=4),
+              "device": "cpu: x86_64", "command": f"zoo eval {folder} --k 4"}
+    (folder / "eval.json").write_text(json.dumps(record))
+    return folder
+
+
+def model_index(card: ModelCard) -> dict[str, tuple[str, str | None, float]]:
+    return {r.metric_type: (r.task_type, r.task_name, r.metric_value) for r in card.data.eval_results}
+
+
+def test_each_metric_goes_under_its_metric_sets_task(tmp_path):
+    folder = evaluated_vae_folder(tmp_path)
+    evaluation = json.loads((folder / "eval.json").read_text())
+    assert evaluation["metric_sets"] == ["likelihood", "reconstruction"]
+    card = ModelCard(render_card(folder))
+    index = model_index(card)
+    assert {m: v for m, (_, _, v) in index.items()} == evaluation["metrics"]
+    likelihood = ("unconditional-image-generation", "Density estimation (test negative log-likelihood)")
+    assert {m: t[:2] for m, t in index.items()} == {
+        **{m: likelihood for m in ("nll_iwae", "neg_elbo", "reconstruction_bce", "kl")},
+        **{m: ("image-to-image", "Image reconstruction")
+           for m in ("reconstruct_bce", "reconstruct_mse", "reconstruct_psnr", "reconstruct_ssim")}}
+    assert "test NLL (IWAE, k=4)" in card.text and "| `reconstruct_psnr` |" in card.text
+    assert "k = 4 importance samples" in card.text  # the likelihood set's note, with this run's k
+    assert "The reconstruction metrics compare reconstruct(x) with the test image x itself, on test images " \
+           "binarized once with a fixed seed" in card.text
+
+
+def test_a_plugin_metric_set_reaches_the_card_like_a_standard_one(plugin_distribution, tmp_path):
+    plugin_distribution("zoo-latent-metrics", LATENT_PLUGIN)
+    folder = evaluated_vae_folder(tmp_path)
+    evaluation = json.loads((folder / "eval.json").read_text())
+    assert evaluation["metric_sets"] == ["likelihood", "latent-norm", "reconstruction"]
+    result = CliRunner().invoke(main, ["card", str(folder), "--repo-id", "me/dense-vae-tiny"])
+    assert result.exit_code == 0, result.output
+    assert card_eval_results(folder / "README.md") == evaluation["metrics"]
+    card = ModelCard.load(folder / "README.md")
+    index = model_index(card)
+    assert index["latent_norm"] == ("image-feature-extraction", "Latent codes", evaluation["metrics"]["latent_norm"])
+    assert index["nll_iwae"][0] == "unconditional-image-generation"
+    assert "| `latent_norm` |" in card.text and "mean L2 norm of the latent codes" in card.text
+    assert "- The latent norm says nothing about sample quality." in card.text
+
+
+def test_a_card_names_sets_that_are_no_longer_registered_gracefully(tmp_path):
+    folder = colorizer_folder(tmp_path)
+    record = json.loads((folder / "eval.json").read_text())
+    record["metric_sets"] = ["colorize", "gone-plugin-set"]
+    record["metrics"]["gone_metric"] = 0.5
+    record["metric_info"]["gone_metric"] = {"description": "from an uninstalled plugin", "unit": "",
+                                            "higher_is_better": True}
+    (folder / "eval.json").write_text(json.dumps(record))
+    tasks = {r.metric_type: (r.task_type, r.task_name) for r in eval_results(record, "colorization-ae-tiny")}
+    assert tasks["gone_metric"] == ("image-to-image", None)
+    assert tasks["psnr_colorized"] == ("image-to-image", "Image colorization")
+    card = ModelCard(render_card(folder))
+    # The Hub's model-index keeps one entry per task type and dataset: the metric joins the colorize entry.
+    assert model_index(card)["gone_metric"] == ("image-to-image", "Image colorization", 0.5)
+    assert "| `gone_metric` | 0.5000 |" in card.text and "compare with the grey-copy baseline" in card.text
 
 
 def test_the_template_is_the_one_in_model_cards():

@@ -1,5 +1,6 @@
-"""Evaluation metrics and the `zoo eval` runner on tiny models and data."""
+"""Evaluation metrics, the registered metric sets and the `zoo eval` runner on tiny models and data."""
 
+import dataclasses
 import json
 import math
 
@@ -9,15 +10,77 @@ from click.testing import CliRunner
 
 import zoo
 import zoo.data
+import zoo.plugins
 from zoo.cli import main
 from zoo.components.color import rgb_to_gray
+from zoo.config import ModelConfig
+from zoo.errors import PluginError, UnsupportedTaskError, ZooError
 from zoo.evaluation import evaluate, metric_sets, psnr, ssim
+from zoo.metrics import Metric, MetricSet
+from zoo.model import Autoencoder
+from zoo.plugins import PluginWarning
+from zoo.registry import Registry
+
+STANDARD = ["likelihood", "denoise", "colorize", "reconstruction"]
 
 
-def dataset(channels: int, size: int, n: int = 24, name: str = "fake") -> zoo.data.ImageDataset:
+def dataset(channels: int, size: int, n: int = 24, name: str = "fake", binary: bool = False) -> zoo.data.ImageDataset:
     g = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
+    if binary:
+        images = (images >= 128).to(torch.uint8) * 255
     return zoo.data.ImageDataset(images, torch.zeros(n, dtype=torch.int64), name=name, split="test", checksum="c" * 64)
+
+
+@dataclasses.dataclass
+class TinyConfig(ModelConfig):
+    image_channels: int = 1
+    image_size: int = 4
+    output: str = "identity"  # identity | half | noisy
+
+
+class TinyAE(Autoencoder):
+    """A test architecture that declares only reconstruct/encode/decode: not a VAE, denoiser or colorizer.
+
+    ``output`` picks what it reconstructs: the input itself, a constant 0.5, or the input plus
+    noise drawn from the global RNG (a stochastic reconstruction).
+    """
+
+    architecture = "tiny-test-ae"
+    config_class = TinyConfig
+    tasks = ("reconstruct", "encode", "decode")
+
+    def encode(self, x):
+        return x.flatten(1)
+
+    def decode(self, z):
+        c, s = self.config.image_channels, self.config.image_size
+        x = z.view(-1, c, s, s)
+        if self.config.output == "half":
+            return torch.full_like(x, 0.5)
+        if self.config.output == "noisy":
+            return (x + 0.1 * torch.randn(x.shape, device=x.device)).clamp(0, 1)
+        return x
+
+
+class TinyEncoder(TinyAE):
+    """Declares encode/decode but not reconstruct: no standard metric set applies."""
+
+    architecture = "tiny-test-encoder"
+    tasks = ("encode", "decode")
+
+
+def tiny(**config) -> TinyAE:
+    return TinyAE(TinyConfig(**config))
+
+
+@pytest.fixture
+def extra_set(monkeypatch):
+    """Factory: register a MetricSet in the live registry for this test only."""
+    registry = zoo.plugins.get_host().registry
+    monkeypatch.setattr(registry, "metric_sets", dict(registry.metric_sets))
+    monkeypatch.setattr(registry, "owners", dict(registry.owners))
+    return lambda metric_set: registry.add_metric_set(metric_set, "test")
 
 
 def test_psnr_matches_its_definition():
@@ -32,12 +95,40 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     assert torch.allclose(ssim(x, x), torch.ones(3))
     noisy = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     assert (ssim(noisy, x) < 0.9).all()
+    small = x[..., :4, :5]  # smaller than the 7x7 window: the largest odd window that fits (3x3)
+    assert torch.allclose(ssim(small, small), torch.ones(3)) and (ssim(noisy[..., :4, :5], small) < 0.9).all()
+    with pytest.raises(ValueError, match="at least 3x3 pixels, got \\(2, 5\\)"):
+        ssim(x[..., :2, :5], x[..., :2, :5])
+
+
+def test_the_standard_sets_are_registered_in_order_by_the_core_module():
+    host = zoo.plugins.get_host()
+    sets = host.registry.metric_sets
+    assert list(sets)[:4] == STANDARD
+    for name in STANDARD:
+        record = host.records[host.registry.owners[("metric set", name)]]
+        assert (record.module, record.distribution) == ("zoo.evaluation.standard", "ae-zoo")
+    assert [s.general for s in sets.values()][:4] == [False, False, False, True]
+    assert sets["reconstruction"].headline == "reconstruct_psnr"
+    assert set(sets["reconstruction"].metrics) == {"reconstruct_bce", "reconstruct_mse", "reconstruct_psnr",
+                                                    "reconstruct_ssim"}
+
+
+def test_the_standard_sets_are_there_even_when_no_plugin_is_loaded(fresh_plugins, monkeypatch):
+    monkeypatch.setenv("ZOO_PLUGINS", "")
+    assert list(fresh_plugins.get_host().registry.metric_sets) == STANDARD
+    assert evaluate(tiny(), dataset(1, 4, n=2))["metric_sets"] == ["reconstruction"]
 
 
 def test_metric_sets_come_from_declared_capabilities():
-    assert metric_sets(zoo.create("dense-vae", image_size=8, hidden=[8], latent_dim=2)) == ["likelihood"]
-    assert metric_sets(zoo.create("denoising-ae", image_size=8, channels=[4], hidden=0, latent_dim=4)) == ["denoise"]
+    assert metric_sets(zoo.create("dense-vae", image_size=8, hidden=[8], latent_dim=2)) == ["likelihood",
+                                                                                             "reconstruction"]
+    assert metric_sets(zoo.create("denoising-ae", image_size=8, channels=[4], hidden=0, latent_dim=4)) == \
+        ["denoise", "reconstruction"]
+    # colorization-ae implements reconstruct() but does not declare it, and its input is grey, its data RGB.
     assert metric_sets(zoo.create("colorization-ae", image_size=8, channels=[4, 8])) == ["colorize"]
+    assert metric_sets(tiny()) == ["reconstruction"]
+    assert metric_sets(TinyEncoder(TinyConfig())) == []
 
 
 def test_vae_metrics_are_consistent_and_seeded():
@@ -48,11 +139,16 @@ def test_vae_metrics_are_consistent_and_seeded():
     m = result["metrics"]
     assert result["binarized"] is True and result["k"] == 64 and result["seed"] == 0
     assert result["data_checksum"] == "c" * 64 and result["num_images"] == 24
+    assert result["metric_sets"] == ["likelihood", "reconstruction"]
+    assert list(m) == ["nll_iwae", "neg_elbo", "reconstruction_bce", "kl", "reconstruct_bce", "reconstruct_mse",
+                       "reconstruct_psnr", "reconstruct_ssim"]
     assert m["neg_elbo"] == pytest.approx(m["reconstruction_bce"] + m["kl"], rel=1e-6)
     assert 0 < m["nll_iwae"] < m["neg_elbo"]  # the IWAE bound with k=64 is tighter than the ELBO
     assert m["nll_iwae"] < 8 * 8 * math.log(2) * 2  # a sane value in nats for 64 binary pixels
+    # The headline is still the likelihood's: the general reconstruction set runs last.
     assert result["headline"] == {"name": "test NLL (IWAE, k=64)", "metric": "nll_iwae", "value": m["nll_iwae"],
                                   "unit": "nats", "higher_is_better": False}
+    assert result["metric_info"]["nll_iwae"]["description"].startswith("test NLL: the IWAE bound with k=64 importance")
     assert evaluate(model, data, k=64, seed=0)["metrics"] == m
     assert evaluate(model, data, k=64, seed=1)["metrics"] != m
 
@@ -61,12 +157,18 @@ def test_denoise_metrics_compare_noisy_and_denoised_at_the_model_noise():
     torch.manual_seed(0)
     model = zoo.create("denoising-ae", image_size=8, channels=[4], hidden=0, latent_dim=4, noise_level=0.5)
     data = dataset(1, 8)
-    m = evaluate(model, data, seed=5)["metrics"]
+    result = evaluate(model, data, seed=5)
+    m = result["metrics"]
+    assert result["headline"]["metric"] == "psnr_denoised" and result["k"] is None
     clean = data.images.float() / 255
     noisy = model.corrupt(clean, generator=torch.Generator().manual_seed(5))
     assert m["psnr_noisy"] == pytest.approx(float(psnr(noisy, clean).double().mean()), rel=1e-6)
     assert m["psnr_gain"] == pytest.approx(m["psnr_denoised"] - m["psnr_noisy"])
     assert -1 <= m["ssim_denoised"] <= 1 and -1 <= m["ssim_noisy"] <= 1
+    # denoise() of this model is reconstruct(): the same output, so the same PSNR on clean input.
+    with torch.no_grad():
+        reconstruction = model.reconstruct(clean)
+    assert m["reconstruct_psnr"] == pytest.approx(float(psnr(reconstruction, clean).double().mean()), rel=1e-6)
     quieter = evaluate(zoo.create("denoising-ae", image_size=8, channels=[4], hidden=0, latent_dim=4,
                                   noise_level=0.1), data, seed=5)["metrics"]
     assert quieter["psnr_noisy"] > m["psnr_noisy"] + 5  # the noise level comes from the model
@@ -82,6 +184,208 @@ def test_colorize_metrics_include_the_grey_copy_baseline():
     assert m["psnr_gray_baseline"] == pytest.approx(float(psnr(baseline, rgb).double().mean()), rel=1e-6)
     assert m["ssim_gray_baseline"] == pytest.approx(float(ssim(baseline, rgb).double().mean()), rel=1e-5)
     assert set(m) == {"psnr_colorized", "psnr_gray_baseline", "ssim_colorized", "ssim_gray_baseline"}
+
+
+# The default reconstruction set ----------------------------------------------------------------
+
+
+def test_reconstruction_set_on_a_perfect_reconstruction():
+    result = evaluate(tiny(), dataset(1, 4, n=10, binary=True), batch_size=3)
+    assert result["metric_sets"] == ["reconstruction"] and result["k"] is None and result["binarized"] is False
+    # Binary images reconstructed exactly: no cross-entropy, no error, PSNR at its 100 dB cap, SSIM 1.
+    assert result["metrics"] == pytest.approx({"reconstruct_bce": 0.0, "reconstruct_mse": 0.0,
+                                               "reconstruct_psnr": 100.0, "reconstruct_ssim": 1.0})
+    assert result["headline"] == {"name": "reconstruction PSNR", "metric": "reconstruct_psnr", "value": 100.0,
+                                  "unit": "dB", "higher_is_better": True}
+    assert result["metric_info"]["reconstruct_bce"] == {
+        "description": "binary cross-entropy of reconstruct(x) vs x, summed over pixels", "unit": "nats",
+        "higher_is_better": False}
+
+
+def test_reconstruction_set_on_a_constant_grey_reconstruction():
+    data = dataset(1, 4, n=10, binary=True)
+    m = evaluate(tiny(output="half"), data, batch_size=4)["metrics"]
+    assert m["reconstruct_bce"] == pytest.approx(16 * math.log(2), rel=1e-12)  # ln 2 nats for each of 16 pixels
+    assert m["reconstruct_mse"] == pytest.approx(0.25, rel=1e-12)  # every binary pixel is 0.5 off
+    assert m["reconstruct_psnr"] == pytest.approx(10 * math.log10(4), rel=1e-6)
+    x = data.images.float() / 255
+    assert m["reconstruct_ssim"] == pytest.approx(float(ssim(torch.full_like(x, 0.5), x).double().mean()), rel=1e-6)
+
+
+def test_reconstruction_bce_of_an_identity_on_grey_images_is_the_pixel_entropy():
+    data = dataset(1, 4, n=6)
+    x = (data.images.float() / 255).double()  # evaluate() scales the uint8 images in float32
+    entropy = -(x * x.clamp(min=1e-300).log() + (1 - x) * (1 - x).clamp(min=1e-300).log()).flatten(1).sum(1)
+    m = evaluate(tiny(), data)["metrics"]
+    assert m["reconstruct_bce"] == pytest.approx(float(entropy.mean()), rel=1e-9)
+    assert m["reconstruct_mse"] == 0.0
+
+
+def test_reconstruction_set_is_seeded_and_leaves_the_global_rng_alone():
+    model, data = tiny(output="noisy"), dataset(1, 4, n=8)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = evaluate(model, data, seed=7, batch_size=3)["metrics"]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert evaluate(model, data, seed=7, batch_size=3)["metrics"] == first
+    assert evaluate(model, data, seed=8, batch_size=3)["metrics"] != first
+    assert 0 < first["reconstruct_mse"] < 0.02  # noise of sd 0.1 (variance 0.01), partly clipped
+
+
+def test_a_reconstruction_outside_the_unit_range_is_refused(extra_set):
+    class Overshoot(TinyAE):
+        def decode(self, z):
+            return super().decode(z) * 2
+
+    with pytest.raises(ZooError, match=r"metric set 'reconstruction' failed on 'tiny-test-ae'.*outside \[0, 1\]"):
+        evaluate(Overshoot(TinyConfig()), dataset(1, 4, n=4))
+
+
+# Sets that plugins register ----------------------------------------------------------------------
+
+
+LATENT_PLUGIN = """
+import torch
+import zoo
+from zoo.metrics import Metric, MetricSet
+
+
+@torch.no_grad()
+def run(model, images, *, k, seed, batch_size, device, chunk):
+    norms = torch.cat([model.encode(images[i:i + batch_size].to(device)).flatten(1).norm(dim=1).cpu()
+                       for i in range(0, len(images), batch_size)])
+    return {"latent_norm": float(norms.double().mean()), "latent_dims": float(model.encode(images[:1]).shape[1])}
+
+
+LATENT = MetricSet(
+    name="latent-norm",
+    metrics={"latent_norm": Metric("mean L2 norm of the latent codes", "", False),
+             "latent_dims": Metric("length of a latent code", "", False)},
+    headline="latent_norm",
+    headline_name="latent norm",
+    applies=lambda model: "encode" in model.tasks,
+    run=run,
+    task_type="image-feature-extraction",
+    task_name="Latent codes",
+    note="The latent norm says nothing about sample quality.",
+    requires="the encode task",
+)
+
+
+@zoo.hookimpl
+def register_metrics(register):
+    register(LATENT)
+"""
+
+
+def test_a_plugin_metric_set_runs_through_its_entry_point(plugin_distribution):
+    plugin_distribution("zoo-latent-metrics", LATENT_PLUGIN)
+    host = zoo.plugins.get_host()
+    assert list(host.registry.metric_sets)[:4] == STANDARD and "latent-norm" in host.registry.metric_sets
+    assert host.records["zoo-latent-metrics"].registered == ["latent-norm"]
+    data = dataset(1, 4, n=5)
+    result = evaluate(tiny(), data, batch_size=2)
+    # The plugin's set is specific, so it runs before the general reconstruction set and leads.
+    assert result["metric_sets"] == ["latent-norm", "reconstruction"]
+    x = data.images.float() / 255
+    assert result["metrics"]["latent_norm"] == pytest.approx(float(x.flatten(1).norm(dim=1).double().mean()))
+    assert result["metrics"]["latent_dims"] == 16.0
+    assert result["metric_info"]["latent_norm"] == {"description": "mean L2 norm of the latent codes", "unit": "",
+                                                    "higher_is_better": False}
+    assert result["headline"]["name"] == "latent norm" and result["headline"]["metric"] == "latent_norm"
+    # Models it does not apply to keep their sets, in order.
+    assert metric_sets(zoo.create("dense-vae", image_size=8, hidden=[8], latent_dim=2)) == \
+        ["likelihood", "latent-norm", "reconstruction"]
+    assert metric_sets(TinyEncoder(TinyConfig())) == ["latent-norm"]
+
+
+def test_a_plugin_metric_clashing_with_a_standard_one_is_refused(plugin_distribution):
+    plugin_distribution("zoo-clash", LATENT_PLUGIN.replace('"latent_dims"', '"reconstruct_psnr"'))
+    with pytest.warns(PluginWarning, match="metric set 'latent-norm': metric 'reconstruct_psnr' is already "
+                                           "reported by metric set 'reconstruction'"):
+        sets = zoo.plugins.get_host().registry.metric_sets
+    assert list(sets)[:4] == STANDARD and "latent-norm" not in sets
+    assert zoo.plugins.get_host().records["zoo-clash"].registered == []
+
+
+@pytest.mark.parametrize("run, message", [
+    (lambda *a, **kw: 1 / 0, r"metric set 'extra' failed on 'tiny-test-ae': ZeroDivisionError"),
+    (lambda *a, **kw: {"extra_a": float("nan"), "extra_b": 1.0}, r"metric set 'extra': metric 'extra_a' is nan, "
+                                                                 r"not a finite number"),
+    (lambda *a, **kw: {"extra_a": 1.0, "extra_b": float("inf")}, r"metric set 'extra': metric 'extra_b' is inf"),
+    (lambda *a, **kw: {"extra_a": 1.0}, r"metric set 'extra': run\(\) did not return metric 'extra_b'"),
+    (lambda *a, **kw: {"extra_a": 1.0, "extra_b": 2.0, "extra_c": 3.0},
+     r"metric set 'extra': run\(\) returned metric 'extra_c', which the set does not declare"),
+    (lambda *a, **kw: {"extra_a": "high", "extra_b": 2.0}, r"metric set 'extra': metric 'extra_a' is 'high', not a number"),
+    (lambda *a, **kw: [1.0, 2.0], r"metric set 'extra': run\(\) must return a dict"),
+], ids=["raises", "nan", "inf", "missing", "undeclared", "not-a-number", "not-a-dict"])
+def test_a_misbehaving_metric_set_names_itself_and_the_metric(extra_set, run, message):
+    extra_set(MetricSet(name="extra", metrics={"extra_a": Metric("a", "", True), "extra_b": Metric("b", "", True)},
+                        headline="extra_a", applies=lambda model: True, run=run))
+    with pytest.raises(ZooError, match=message):
+        evaluate(tiny(), dataset(1, 4, n=4))
+
+
+def test_optional_metrics_may_be_left_out_and_tensors_count_as_numbers(extra_set):
+    extra_set(MetricSet(name="extra", metrics={"extra_a": Metric("a", "", True),
+                                               "extra_b": Metric("b", "", True, required=False)},
+                        headline="extra_a", applies=lambda model: True,
+                        run=lambda *a, **kw: {"extra_a": torch.tensor(0.5, dtype=torch.float64)}))
+    result = evaluate(tiny(), dataset(1, 4, n=4))
+    assert result["metrics"]["extra_a"] == 0.5 and "extra_b" not in result["metrics"]
+
+
+def test_an_applies_that_raises_names_its_set(extra_set):
+    extra_set(MetricSet(name="extra", metrics={"extra_a": Metric("a", "", True)}, headline="extra_a",
+                        applies=lambda model: model.no_such_attribute, run=lambda *a, **kw: {}))
+    with pytest.raises(ZooError, match="metric set 'extra': applies\\(\\) raised AttributeError"):
+        metric_sets(tiny())
+
+
+def test_when_no_set_applies_the_error_lists_what_each_needs():
+    with pytest.raises(UnsupportedTaskError) as caught:
+        evaluate(TinyEncoder(TinyConfig()), dataset(1, 4, n=4))
+    message = str(caught.value)
+    assert "no evaluation applies to 'tiny-test-encoder' (tasks: encode, decode;" in message
+    assert "'likelihood' needs a VAE (a model implementing importance_weighted_log_likelihood())" in message
+    assert "'denoise' needs the denoise task and a corrupt() method" in message
+    assert "'colorize' needs the colorize task" in message
+    assert "'reconstruction' needs the reconstruct task, with input_shape equal to data_shape" in message
+
+
+def test_registration_validates_metric_sets():
+    def make(**changes):
+        fields = dict(name="extra", metrics={"extra_a": Metric("a", "", True)}, headline="extra_a",
+                      applies=lambda model: True, run=lambda *a, **kw: {})
+        return MetricSet(**{**fields, **changes})
+
+    registry = Registry()
+    assert registry.add_metric_set(make(), "one") == "extra"
+    cases = [
+        (object(), "expects zoo.metrics.MetricSet objects"),
+        (make(name="Extra Set"), "metric set name must be lowercase-hyphenated, got 'Extra Set'"),
+        (make(name="other", metrics={}), "metric set 'other': metrics must be a non-empty dict"),
+        (make(name="other", metrics={"Other": Metric("o", "", True)}, headline="Other"),
+         "metric name 'Other' must be lowercase snake_case"),
+        (make(name="other", metrics={"other_a": ("o", "", True)}, headline="other_a"),
+         "metric 'other_a' must be a zoo.metrics.Metric"),
+        (make(name="other", metrics={"other_a": Metric("o", "", True)}, headline="other_b"),
+         "headline 'other_b' must be one of its metrics"),
+        (make(name="other", metrics={"other_a": Metric("o", "", True, required=False)}, headline="other_a"),
+         "headline 'other_a' must be a required metric"),
+        (make(name="other", metrics={"other_a": Metric("o", "", True)}, headline="other_a", run=None),
+         "applies and run must be callables"),
+        (make(name="other"), "metric set 'other': metric 'extra_a' is already reported by metric set 'extra'"),
+        (make(metrics={"other_a": Metric("o", "", True)}, headline="other_a"),
+         "metric set 'extra' is already registered by plugin 'one'"),
+    ]
+    for metric_set, message in cases:
+        with pytest.raises(PluginError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            registry.add_metric_set(metric_set, "two")
+    assert list(registry.metric_sets) == ["extra"]
+
+
+# zoo eval --------------------------------------------------------------------------------------
 
 
 def test_eval_rejects_data_of_the_wrong_shape():
@@ -103,9 +407,17 @@ def test_cli_eval_prints_json_and_writes_the_record(tmp_path, monkeypatch):
     assert printed == json.loads(out.read_text())
     assert printed["seed"] == 2 and printed["k"] == 8 and printed["dataset"] == "fake"
     assert printed["data_checksum"] == "c" * 64 and printed["device"].startswith("cpu")
+    assert printed["metric_sets"] == ["likelihood", "reconstruction"]
     table = runner.invoke(main, ["eval", str(tmp_path / "m"), "--k", "8", "--device", "cpu"])
     assert table.exit_code != 0 and "--data" in table.output  # the folder has no recipe or eval.json yet
     (tmp_path / "m" / "eval.json").write_text(out.read_text())
     table = runner.invoke(main, ["eval", str(tmp_path / "m"), "--k", "8", "--device", "cpu"])
     assert table.exit_code == 0, table.output
-    assert "nll_iwae" in table.output and "c" * 64 in table.output and "headline" in table.output
+    assert "nll_iwae" in table.output and "reconstruct_psnr" in table.output
+    assert "c" * 64 in table.output and "headline: test NLL (IWAE, k=8)" in table.output
+
+
+def test_cli_eval_help_describes_metric_sets_and_plugins():
+    text = CliRunner().invoke(main, ["eval", "--help"]).output
+    for phrase in ("reconstruction", "register_metrics", "likelihood", "PSNR"):
+        assert phrase in text

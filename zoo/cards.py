@@ -15,6 +15,7 @@ from typing import Any
 
 from zoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config, sha256_file
 from zoo.errors import CheckpointError, ZooError
+from zoo.metrics import fill
 
 CARD_NAME = "README.md"
 EVAL_NAME = "eval.json"
@@ -33,12 +34,8 @@ DATA_TERMS = {
     "photos": "The training photos are scikit-image's bundled sample images (see their licences in "
               "scikit-image's data README) and the nature photos of Debian's mate-backgrounds 1.26.0-1 (GPL-2+).",
 }
-#: model-index task of each evaluation metric set (see zoo.evaluation).
-METRIC_SET_TASKS = {
-    "likelihood": ("unconditional-image-generation", "Density estimation (test negative log-likelihood)"),
-    "denoise": ("image-to-image", "Image denoising"),
-    "colorize": ("image-to-image", "Image colorization"),
-}
+#: model-index task of metrics whose metric set is not registered (any more); others take their set's.
+DEFAULT_TASK = ("image-to-image", None)
 #: Hub pipeline tag of a model's default task.
 PIPELINE_TAGS = {"reconstruct": "image-to-image", "denoise": "image-to-image", "colorize": "image-to-image",
                  "sample": "unconditional-image-generation", "encode": "image-feature-extraction"}
@@ -52,15 +49,6 @@ FIGURE_CAPTIONS = {
                     "the true colours (bottom row).",
     "manifold": "The learned 2-D latent space: decodings of a 16 x 16 grid over the prior's quantiles.",
     "interpolation": "Decodings along a straight line between the latent codes of two test images.",
-}
-METRIC_SET_NOTES = {
-    "likelihood": "Likelihood numbers are in nats per image{binarized}; compare them only with results computed "
-                  "the same way (IWAE bound with k = {k} importance samples, same test split).",
-    "denoise": "It removes the kind and level of noise it was trained with (see the noise fields of config.json); "
-               "other noise types or much stronger noise are out of distribution.",
-    "colorize": "Colour is ambiguous from lightness alone: expect plausible but often desaturated or wrong colours "
-                "for objects whose colour the grey image does not determine. PSNR/SSIM reward cautious, greyish "
-                "colours, so compare with the grey-copy baseline in the table.",
 }
 
 
@@ -92,18 +80,36 @@ def read_json(path: Path) -> dict[str, Any] | None:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
 
 
+def registered_metric_sets(names: list[str]) -> list:
+    """The registered :class:`zoo.metrics.MetricSet` of each name an eval.json lists; names no plugin
+    registers any more are left out (their numbers still go to the card, under a generic task)."""
+    from zoo.plugins import get_host
+
+    registered = get_host().registry.metric_sets
+    return [registered[name] for name in names if name in registered]
+
+
 def eval_results(evaluation: dict[str, Any], model_name: str) -> list:
-    """The eval.json metrics as huggingface_hub EvalResults (values exactly as in the file)."""
+    """The eval.json metrics as huggingface_hub EvalResults (values exactly as in the file).
+
+    Each metric's task is that of the registered metric set reporting it (``task_type``/``task_name``);
+    a metric of a set that is not registered (any more) goes under ``DEFAULT_TASK``.
+    """
     from huggingface_hub import EvalResult
 
-    sets = evaluation.get("metric_sets") or []
-    task_type, task_name = METRIC_SET_TASKS.get(sets[0] if sets else "", ("image-to-image", None))
+    owners = {metric: metric_set for metric_set in registered_metric_sets(evaluation.get("metric_sets") or [])
+              for metric in metric_set.metrics}
     dataset = evaluation.get("dataset") or "unknown"
     info = evaluation.get("metric_info", {})
-    return [EvalResult(task_type=task_type, task_name=task_name, dataset_type=HUB_DATASETS.get(dataset, dataset),
-                       dataset_name=dataset, dataset_split=evaluation.get("split"), metric_type=metric,
-                       metric_value=value, metric_name=info.get(metric, {}).get("description", metric))
-            for metric, value in evaluation["metrics"].items()]
+    results = []
+    for metric, value in evaluation["metrics"].items():
+        owner = owners.get(metric)
+        task_type, task_name = (owner.task_type, owner.task_name) if owner else DEFAULT_TASK
+        results.append(EvalResult(
+            task_type=task_type, task_name=task_name, dataset_type=HUB_DATASETS.get(dataset, dataset),
+            dataset_name=dataset, dataset_split=evaluation.get("split"), metric_type=metric, metric_value=value,
+            metric_name=info.get(metric, {}).get("description", metric)))
+    return results
 
 
 def _patch_split(spec) -> dict[str, Any] | None:
@@ -218,10 +224,10 @@ def card_context(folder: str | Path, *, name: str | None = None, repo_id: str | 
     sets = (evaluation or {}).get("metric_sets") or []
 
     limitations = dataset_limitations(dataset)
-    for metric_set in sets:
-        if metric_set in METRIC_SET_NOTES:
+    for metric_set in registered_metric_sets(sets):
+        if metric_set.note:
             binarized = ", on test images binarized once with a fixed seed" if evaluation.get("binarized") else ""
-            limitations.append(METRIC_SET_NOTES[metric_set].format(binarized=binarized, k=evaluation.get("k")))
+            limitations.append(fill(metric_set.note, binarized=binarized, k=evaluation.get("k")))
     split = (evaluation or {}).get("split")
     if recipe and split and (recipe.get("data") or {}).get("val_split") == split:
         final = recipe.get("weights_sha256") == weights_sha256

@@ -34,3 +34,13 @@ def register_models(register):
     its weights come from (a bundled folder and/or a Hub repo, pinned by sha256)
     and its metadata.
     """
+
+
+@hookspec
+def register_metrics(register):
+    """Register evaluation metric sets.
+
+    Call ``register(metric_set)`` once per :class:`zoo.metrics.MetricSet`. ``zoo eval`` runs
+    every registered set that applies to the model being evaluated, and the model card lists
+    its numbers. A set's name and its metric names must not clash with another set's.
+    """

@@ -11,11 +11,13 @@ from typing import Any
 
 from zoo.config import ModelConfig
 from zoo.errors import PluginError, UnknownNameError
+from zoo.metrics import Metric, MetricSet
 from zoo.model import Autoencoder
 from zoo.tasks import TASKS
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+METRIC_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Registry:
     def __init__(self) -> None:
         self.architectures: dict[str, type[Autoencoder]] = {}
         self.models: dict[str, PretrainedEntry] = {}
+        self.metric_sets: dict[str, MetricSet] = {}
         self.owners: dict[tuple[str, str], str] = {}
 
     def add_architecture(self, cls: Any, plugin: str) -> str:
@@ -120,6 +123,41 @@ class Registry:
         self._claim(entry.name, "pretrained model", plugin, self.models)
         self.models[entry.name] = entry
         return entry.name
+
+    def add_metric_set(self, metric_set: Any, plugin: str) -> str:
+        """Validate and add a :class:`MetricSet`; sets keep their registration order."""
+        if not isinstance(metric_set, MetricSet):
+            raise PluginError(f"register_metrics expects zoo.metrics.MetricSet objects, got {metric_set!r}")
+        name = metric_set.name
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise PluginError(f"metric set name must be lowercase-hyphenated, got {name!r}")
+        if not isinstance(metric_set.metrics, dict) or not metric_set.metrics:
+            raise PluginError(f"metric set {name!r}: metrics must be a non-empty dict of name -> zoo.metrics.Metric")
+        for metric, info in metric_set.metrics.items():
+            if not isinstance(metric, str) or not METRIC_PATTERN.match(metric):
+                raise PluginError(f"metric set {name!r}: metric name {metric!r} must be lowercase snake_case")
+            if not isinstance(info, Metric):
+                raise PluginError(f"metric set {name!r}: metric {metric!r} must be a zoo.metrics.Metric, got {info!r}")
+        if metric_set.headline not in metric_set.metrics:
+            raise PluginError(f"metric set {name!r}: headline {metric_set.headline!r} must be one of its metrics "
+                              f"({', '.join(metric_set.metrics)})")
+        if not metric_set.metrics[metric_set.headline].required:
+            raise PluginError(f"metric set {name!r}: headline {metric_set.headline!r} must be a required metric")
+        if not (callable(metric_set.applies) and callable(metric_set.run)):
+            raise PluginError(f"metric set {name!r}: applies and run must be callables")
+        if not isinstance(metric_set.task_type, str) or not metric_set.task_type:
+            raise PluginError(f"metric set {name!r}: task_type must be a Hub task id such as 'image-to-image'")
+        if name in self.metric_sets:
+            raise PluginError(f"metric set {name!r} is already registered by plugin "
+                              f"{self.owners[('metric set', name)]!r}")
+        taken = {m: s.name for s in self.metric_sets.values() for m in s.metrics}
+        clashes = sorted(m for m in metric_set.metrics if m in taken)
+        if clashes:
+            raise PluginError(f"metric set {name!r}: metric {clashes[0]!r} is already reported by metric set "
+                              f"{taken[clashes[0]]!r}")
+        self._claim(name, "metric set", plugin, self.metric_sets)
+        self.metric_sets[name] = metric_set
+        return name
 
     def _claim(self, name: str, kind: str, plugin: str, table: dict) -> None:
         if name in table:

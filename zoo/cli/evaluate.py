@@ -70,9 +70,13 @@ def evaluate_target(target: str, data: str | None = None, *, k: int = 1000, seed
 def eval_command(target, data_name, split, k, limit, seed, device, batch_size, chunk, out_file, as_json):
     """Evaluate NAME (a pretrained model) or DIR (a checkpoint folder) on a test set.
 
-    VAEs: negative ELBO, IWAE bound on the NLL (nats) and reconstruction BCE, on binarized
-    test images. Denoisers: PSNR/SSIM of noisy and denoised vs clean. Colorizers: PSNR/SSIM
-    vs true colour and of the grey-copy baseline. Records the seed and the data checksum.
+    Runs every registered metric set that applies to the model, decided from what the model
+    declares: likelihood (VAEs: negative ELBO, IWAE bound on the NLL and reconstruction BCE,
+    on binarized test images), denoise (PSNR/SSIM of noisy and denoised vs clean), colorize
+    (PSNR/SSIM vs true colour and of the grey-copy baseline), then, for every model that
+    declares reconstruct, reconstruction (BCE, MSE, PSNR, SSIM of reconstruct(x) vs x). The
+    first set's headline metric is the model's headline. Plugins add metric sets with the
+    register_metrics hook (zoo.metrics.MetricSet). Records the seed and the data checksum.
     """
     if k < 1:
         raise click.BadParameter("must be >= 1", param_hint="--k")

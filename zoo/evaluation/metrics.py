@@ -11,10 +11,18 @@ def psnr(estimate: torch.Tensor, reference: torch.Tensor, data_range: float = 1.
 
 
 def ssim(estimate: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Per-image SSIM (scikit-image's ``structural_similarity``, 7x7 window, channels averaged), (N,)."""
+    """Per-image SSIM (scikit-image's ``structural_similarity``, channels averaged), (N,).
+
+    The window is 7x7; images smaller than that use the largest odd window that fits (at least 3x3).
+    """
     from skimage.metrics import structural_similarity
 
+    side = min(reference.shape[-2:])
+    window = min(7, side if side % 2 else side - 1)
+    if window < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {tuple(reference.shape[-2:])}")
     a = estimate.detach().to("cpu", torch.float64).numpy()
     b = reference.detach().to("cpu", torch.float64).numpy()
-    scores = [structural_similarity(x, y, data_range=data_range, channel_axis=0) for x, y in zip(a, b)]
+    scores = [structural_similarity(x, y, data_range=data_range, channel_axis=0, win_size=window)
+              for x, y in zip(a, b)]
     return torch.from_numpy(np.asarray(scores, dtype=np.float64)).float()

@@ -1,130 +1,91 @@
-"""``evaluate``: the metric sets a model supports, chosen from what it declares and implements.
+"""``evaluate``: run every registered metric set that applies to a model and check what it returns.
 
-- a VAE (it implements ``importance_weighted_log_likelihood``): negative ELBO, the IWAE bound on
-  the test NLL with ``k`` samples, reconstruction NLL (the BCE, for a Bernoulli likelihood), KL;
-- the ``denoise`` task (with ``corrupt``): PSNR / SSIM of the noisy input and of the denoised
-  output against the clean image, at the model's own noise;
-- the ``colorize`` task: PSNR / SSIM of the colorized output against the true colour, and of
-  the grey copy (the input repeated over RGB) as the baseline.
+The metric sets come from the plugin host (``zoo.plugins.get_host().registry.metric_sets``): ae-zoo
+registers its standard sets (:mod:`zoo.evaluation.standard`) and any plugin can add more through
+its ``register_metrics`` hook. Which sets apply is each set's own decision from what the model
+declares (``MetricSet.applies``). They run in registration order, except that *general* sets
+(such as ``reconstruction``, which applies to every model that reconstructs) run last, so the
+headline comes from the most specific set.
 
 Where ``model.dynamic_binarization`` is set, the test images are binarized once, with ``seed``.
 Every random draw comes from generators seeded with ``seed``, so a run is reproducible on the
 same kind of device.
 """
 
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
 import torch
 
-from zoo.components import kl_standard_normal
-from zoo.components.color import rgb_to_gray
-from zoo.evaluation.metrics import psnr, ssim
+from zoo.errors import UnsupportedTaskError, ZooError
+from zoo.metrics import MetricSet
 from zoo.model import Autoencoder
 
 
-@dataclass(frozen=True)
-class Metric:
-    description: str
-    unit: str
-    higher_is_better: bool
+def registered_sets() -> list[MetricSet]:
+    """Every registered metric set, in the order ``zoo eval`` runs them: specific sets first, general last."""
+    from zoo.plugins import get_host
+
+    sets = list(get_host().registry.metric_sets.values())
+    return [s for s in sets if not s.general] + [s for s in sets if s.general]
 
 
-METRICS = {
-    "nll_iwae": Metric("test NLL: the IWAE bound with k importance samples (an upper bound on -log p(x))", "nats", False),
-    "neg_elbo": Metric("negative ELBO, one posterior sample per image", "nats", False),
-    "reconstruction_bce": Metric("reconstruction term -log p(x|z): Bernoulli cross-entropy summed over pixels", "nats", False),
-    "reconstruction_nll": Metric("reconstruction term -log p(x|z) summed over pixels", "nats", False),
-    "kl": Metric("KL(q(z|x) || p(z))", "nats", False),
-    "psnr_noisy": Metric("PSNR of the corrupted input vs clean", "dB", True),
-    "psnr_denoised": Metric("PSNR of the denoised output vs clean", "dB", True),
-    "psnr_gain": Metric("PSNR denoised minus PSNR noisy", "dB", True),
-    "ssim_noisy": Metric("SSIM of the corrupted input vs clean", "", True),
-    "ssim_denoised": Metric("SSIM of the denoised output vs clean", "", True),
-    "psnr_colorized": Metric("PSNR of the colorized output vs true colour", "dB", True),
-    "psnr_gray_baseline": Metric("PSNR of the grey copy vs true colour (baseline)", "dB", True),
-    "ssim_colorized": Metric("SSIM of the colorized output vs true colour", "", True),
-    "ssim_gray_baseline": Metric("SSIM of the grey copy vs true colour (baseline)", "", True),
-}
+def _applies(metric_set: MetricSet, model: Autoencoder) -> bool:
+    try:
+        return bool(metric_set.applies(model))
+    except Exception as exc:
+        raise ZooError(f"metric set {metric_set.name!r}: applies() raised {type(exc).__name__}: {exc}") from exc
+
+
+def applicable_sets(model: Autoencoder) -> list[MetricSet]:
+    """The registered metric sets that apply to ``model``, in the order they run."""
+    return [s for s in registered_sets() if _applies(s, model)]
 
 
 def metric_sets(model: Autoencoder) -> list[str]:
-    """Names of the metric sets that apply to ``model``, by its declared tasks and methods."""
-    sets = []
-    if callable(getattr(model, "importance_weighted_log_likelihood", None)):
-        sets.append("likelihood")
-    if "denoise" in model.tasks and callable(getattr(model, "corrupt", None)):
-        sets.append("denoise")
-    if "colorize" in model.tasks:
-        sets.append("colorize")
-    return sets
+    """Names of the metric sets that apply to ``model``, in the order ``zoo eval`` runs them."""
+    return [s.name for s in applicable_sets(model)]
 
 
-def _batches(images: torch.Tensor, batch_size: int):
-    for start in range(0, len(images), batch_size):
-        yield images[start:start + batch_size]
+def _nothing_applies(model: Autoencoder) -> str:
+    sets = registered_sets()
+    what = (f"{model.architecture!r} (tasks: {', '.join(model.tasks)}; input_shape {tuple(model.input_shape)}, "
+            f"data_shape {tuple(model.data_shape)})")
+    if not sets:
+        return (f"no evaluation applies to {what}: no metric sets are registered (ae-zoo registers its own from "
+                "zoo.evaluation.standard; see `zoo plugins`)")
+    needs = "; ".join(f"{s.name!r} needs {s.requires or 'a model its applies() accepts'}" for s in sets)
+    return f"no evaluation applies to {what}. Registered metric sets: {needs}"
 
 
-@torch.no_grad()
-def _likelihood(model, images, *, k, seed, batch_size, device, chunk) -> dict[str, float]:
-    gen = torch.Generator(device=device).manual_seed(seed)
-    likelihood = getattr(model.config, "likelihood", None)
-    recon_key = "reconstruction_bce" if likelihood == "bernoulli" else "reconstruction_nll"
-    sums = {"nll_iwae": 0.0, "neg_elbo": 0.0, recon_key: 0.0, "kl": 0.0}
-    for x in _batches(images, batch_size):
-        x = x.to(device)
-        log_px = model.importance_weighted_log_likelihood(x, k, generator=gen, chunk=chunk)
-        mu, logvar = model.posterior(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
-        recon = -model.log_likelihood(model.decoder_logits(z), x)
-        kl = kl_standard_normal(mu, logvar)
-        sums["nll_iwae"] += float(-log_px.double().sum())
-        sums["neg_elbo"] += float((recon + kl).double().sum())
-        sums[recon_key] += float(recon.double().sum())
-        sums["kl"] += float(kl.double().sum())
-    return {key: value / len(images) for key, value in sums.items()}
-
-
-@torch.no_grad()
-def _denoise(model, images, *, seed, batch_size, device, **_) -> dict[str, float]:
-    gen = torch.Generator().manual_seed(seed)  # noise drawn on the CPU: the same inputs on any device
-    scores = {"psnr_noisy": [], "psnr_denoised": [], "ssim_noisy": [], "ssim_denoised": []}
-    for x in _batches(images, batch_size):
-        noisy = model.corrupt(x, generator=gen)
-        denoised = model.denoise(noisy.to(device)).cpu()
-        scores["psnr_noisy"].append(psnr(noisy, x))
-        scores["psnr_denoised"].append(psnr(denoised, x))
-        scores["ssim_noisy"].append(ssim(noisy, x))
-        scores["ssim_denoised"].append(ssim(denoised, x))
-    out = {key: float(torch.cat(v).double().mean()) for key, v in scores.items()}
-    out["psnr_gain"] = out["psnr_denoised"] - out["psnr_noisy"]
-    return out
-
-
-@torch.no_grad()
-def _colorize(model, images, *, batch_size, device, **_) -> dict[str, float]:
-    scores = {"psnr_colorized": [], "psnr_gray_baseline": [], "ssim_colorized": [], "ssim_gray_baseline": []}
-    for x in _batches(images, batch_size):
-        gray = rgb_to_gray(x)
-        colour = model.colorize(gray.to(device)).cpu()
-        baseline = gray.expand(-1, 3, -1, -1)
-        scores["psnr_colorized"].append(psnr(colour, x))
-        scores["psnr_gray_baseline"].append(psnr(baseline, x))
-        scores["ssim_colorized"].append(ssim(colour, x))
-        scores["ssim_gray_baseline"].append(ssim(baseline, x))
-    return {key: float(torch.cat(v).double().mean()) for key, v in scores.items()}
-
-
-RUNNERS: dict[str, Callable[..., dict[str, float]]] = {"likelihood": _likelihood, "denoise": _denoise,
-                                                        "colorize": _colorize}
-HEADLINES = {"likelihood": "nll_iwae", "denoise": "psnr_denoised", "colorize": "psnr_colorized"}
-
-
-def headline_name(metric: str, k: int) -> str:
-    return {"nll_iwae": f"test NLL (IWAE, k={k})", "psnr_denoised": "denoised PSNR",
-            "psnr_colorized": "colorized PSNR"}.get(metric, metric)
+def _checked(metric_set: MetricSet, values: Any) -> dict[str, float]:
+    """``values`` as returned by ``metric_set.run``, checked against its declaration, in declared order."""
+    name = metric_set.name
+    if not isinstance(values, dict):
+        raise ZooError(f"metric set {name!r}: run() must return a dict of metric name -> number, "
+                       f"got {type(values).__name__}")
+    undeclared = [m for m in values if m not in metric_set.metrics]
+    if undeclared:
+        raise ZooError(f"metric set {name!r}: run() returned metric {undeclared[0]!r}, which the set does not "
+                       f"declare (declared: {', '.join(metric_set.metrics)})")
+    missing = [m for m, info in metric_set.metrics.items() if info.required and m not in values]
+    if missing:
+        raise ZooError(f"metric set {name!r}: run() did not return metric {missing[0]!r}")
+    checked = {}
+    for metric in metric_set.metrics:
+        if metric not in values:
+            continue
+        value = values[metric]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise ZooError(f"metric set {name!r}: metric {metric!r} is {value!r}, not a number")
+        if not math.isfinite(value):
+            raise ZooError(f"metric set {name!r}: metric {metric!r} is {value}, not a finite number")
+        checked[metric] = float(value)
+    return checked
 
 
 def evaluate(model: Autoencoder, dataset, *, k: int = 1000, seed: int = 0, limit: int | None = None,
@@ -132,44 +93,47 @@ def evaluate(model: Autoencoder, dataset, *, k: int = 1000, seed: int = 0, limit
     """Every applicable metric of ``model`` on ``dataset`` (an ImageDataset), as a JSON-ready dict."""
     device = torch.device(device)
     started = time.time()
+    applied = applicable_sets(model)
+    if not applied:
+        raise UnsupportedTaskError(_nothing_applies(model))
     model = model.to(device).eval()
     images = dataset.images if limit is None else dataset.images[:limit]
     images = images.float().div(255)
     if tuple(images.shape[1:]) != tuple(model.data_shape):
-        from zoo.errors import ZooError
-
         raise ZooError(f"{model.architecture} takes data of shape {tuple(model.data_shape)}, but "
                        f"{getattr(dataset, 'name', 'the dataset')} has {tuple(images.shape[1:])}")
     if model.dynamic_binarization:
         images = torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
-    sets = metric_sets(model)
-    if not sets:
-        from zoo.errors import UnsupportedTaskError
-
-        raise UnsupportedTaskError(f"no evaluation applies to {model.architecture!r} (tasks: {', '.join(model.tasks)})")
     metrics: dict[str, float] = {}
-    for name in sets:
-        metrics.update(RUNNERS[name](model, images, k=k, seed=seed, batch_size=batch_size, device=device, chunk=chunk))
-    head = HEADLINES[sets[0]]
-    info = METRICS[head]
-    result = {
+    info: dict[str, dict[str, Any]] = {}
+    for metric_set in applied:
+        try:
+            values = metric_set.run(model, images, k=k, seed=seed, batch_size=batch_size, device=device, chunk=chunk)
+        except Exception as exc:
+            raise ZooError(f"metric set {metric_set.name!r} failed on {model.architecture!r}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+        for metric, value in _checked(metric_set, values).items():
+            metrics[metric] = value
+            declared = metric_set.metrics[metric]
+            info[metric] = {"description": declared.describe(k), "unit": declared.unit,
+                            "higher_is_better": declared.higher_is_better}
+    lead = applied[0]
+    head = lead.metrics[lead.headline]
+    return {
         "format": 1,
         "architecture": model.architecture,
         "tasks": list(model.tasks),
-        "metric_sets": sets,
+        "metric_sets": [s.name for s in applied],
         "dataset": getattr(dataset, "name", None),
         "split": getattr(dataset, "split", None),
         "data_checksum": getattr(dataset, "checksum", None),
         "num_images": len(images),
         "binarized": bool(model.dynamic_binarization),
         "seed": seed,
-        "k": k if "likelihood" in sets else None,
+        "k": k if any(s.uses_k for s in applied) else None,
         "metrics": metrics,
-        "metric_info": {m: {"description": METRICS[m].description.replace("k importance", f"k={k} importance"),
-                            "unit": METRICS[m].unit, "higher_is_better": METRICS[m].higher_is_better}
-                        for m in metrics},
-        "headline": {"name": headline_name(head, k), "metric": head, "value": metrics[head], "unit": info.unit,
-                     "higher_is_better": info.higher_is_better},
+        "metric_info": info,
+        "headline": {"name": lead.headline_title(k), "metric": lead.headline, "value": metrics[lead.headline],
+                     "unit": head.unit, "higher_is_better": head.higher_is_better},
         "wall_time_s": round(time.time() - started, 2),
     }
-    return result
