@@ -1,5 +1,6 @@
 """Shared fixtures: fake plugin distributions discovered through real entry points."""
 
+import importlib
 import sys
 import textwrap
 from pathlib import Path
@@ -35,6 +36,26 @@ def plugin_distribution(tmp_path, monkeypatch, fresh_plugins):
         created.append(module)
         fresh_plugins._host = None  # rediscover on next use, now with this distribution
         return module
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield make
+    for module in created:
+        sys.modules.pop(module, None)
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """Factory: write a plain module ``name`` (no distribution, no entry point) onto sys.path; returns its name.
+
+    For plugins registered directly (``PluginHost.register_module``) or as core modules.
+    """
+    created: list[str] = []
+
+    def make(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        created.append(name)
+        return name
 
     monkeypatch.syspath_prepend(str(tmp_path))
     yield make

@@ -6,7 +6,7 @@ import click
 
 import zoo
 from zoo.cli.app import json_option, main, print_json, table
-from zoo.plugins import get_host
+from zoo.plugins import DISABLED, build_host, get_host, strict_mode
 
 
 @main.command("list")
@@ -54,15 +54,28 @@ def info(name: str) -> None:
 @main.command()
 @json_option
 def plugins(as_json: bool) -> None:
-    """List loaded plugins: distribution, version, hooks, what each registered, and errors."""
-    records = list(get_host().records.values())
+    """List every plugin: status (loaded, skipped, disabled), distribution, version, hooks, what it registered, errors.
+
+    It never stops at a broken plugin, in strict mode either: it lists them all, then exits with
+    status 1 if any has errors while ZOO_STRICT_PLUGINS is on.
+    """
+    records = list(build_host(strict=False, warn=False).records.values())
     if as_json:
         print_json([dataclasses.asdict(r) for r in records])
-        return
+    else:
+        _print_plugins(records)
+    failed = [r.name for r in records if r.errors]
+    if failed and strict_mode():
+        raise click.ClickException(f"ZOO_STRICT_PLUGINS is on and {len(failed)} plugin"
+                                   f"{'s have' if len(failed) > 1 else ' has'} errors: {', '.join(failed)}")
+
+
+def _print_plugins(records: list) -> None:
     if not records:
         click.echo("no plugins loaded (is ZOO_PLUGINS set to an empty value?)")
     for r in records:
         click.echo(f"{r.name}  ({r.distribution or 'direct'} {r.version or ''})".rstrip())
+        click.echo(f"  status:     {r.status}" + (" (ZOO_DISABLE_PLUGINS)" if r.status == DISABLED else ""))
         click.echo(f"  module:     {r.module}")
         click.echo(f"  hooks:      {', '.join(r.hooks) or '-'}")
         click.echo(f"  registered: {', '.join(r.registered) or '-'}")
