@@ -1,4 +1,5 @@
-"""The trainer: determinism, bit-exact resume, SIGTERM, the NaN stop, recipes and `zoo train`."""
+"""The trainer: determinism, bit-exact resume, SIGTERM, the NaN stop, recipes, `zoo train`, the model's
+training hooks (configure_optimizer, on_train_step_end, on_train_epoch_end) and loss-term checks."""
 
 import json
 import os
@@ -19,6 +20,7 @@ import zoo.data
 from zoo.cli import main
 from zoo.training import Interrupted, TrainConfig, Trainer, TrainingError
 from zoo.training import state as ckpt
+from zoo.training.terms import check_terms, loss_term_problems
 
 SIZE = 8
 TINY = {"image_size": SIZE, "hidden": [16], "latent_dim": 2}
@@ -160,6 +162,253 @@ def test_optimizer_state_round_trips_without_pickle():
     for index in a["state"]:
         for key, value in a["state"][index].items():
             assert torch.equal(value, b["state"][index][key])
+
+
+def _same_structure(a, b) -> bool:
+    """Equal values of the same types all the way down, tensors compared bit for bit."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_structure(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_structure(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_optimizer_state_of_any_shape_round_trips_without_pickle():
+    params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(3))]
+
+    def closure():
+        opt.zero_grad()
+        value = sum((p**2).sum() for p in params)
+        value.backward()
+        return value
+
+    # Rprop: tuples in the param groups; LBFGS: lists of tensors, ints and floats in the state;
+    # SGD: two groups, momentum buffers
+    for opt in (torch.optim.Rprop(params, etas=(0.4, 1.3)), torch.optim.LBFGS(params, history_size=3),
+                torch.optim.SGD([{"params": params[:1]}, {"params": params[1:], "lr": 0.5}], lr=0.1, momentum=0.9)):
+        for _ in range(3):
+            opt.step(closure)
+        tensors, rest = ckpt.optimizer_to_tensors(opt)
+        assert rest["class"] == f"torch.optim.{type(opt).__module__.rsplit('.', 1)[1]}.{type(opt).__name__}"
+        a, b = opt.state_dict(), ckpt.optimizer_from_tensors(tensors, json.loads(json.dumps(rest)))
+        assert a["param_groups"] == b["param_groups"]  # tuples come back as tuples
+        assert a["state"].keys() == b["state"].keys()
+        assert _same_structure(a["state"], b["state"]), type(opt).__name__  # LBFGS keeps lists with Nones
+        fresh = type(opt)(params)
+        if len(a["param_groups"]) == 2:
+            fresh = torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=1.0)
+        fresh.load_state_dict(b)
+
+
+def test_optimizer_state_that_json_cannot_hold_is_named():
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([param], lr=0.1)
+    opt.state[param]["odd"] = object()
+    with pytest.raises(zoo.errors.CheckpointError, match=r"'state/0/odd' is a object"):
+        ckpt.optimizer_to_tensors(opt)
+
+
+def tuned_model(seed: int = 0, ratio: float = 0.1, events: list | None = None):
+    """A dense-vae as a plugin might tune it: SGD with two lr groups, weights mutated in the hooks."""
+    cls = type(tiny_model())
+
+    class Tuned(cls):
+        def configure_optimizer(self, config):
+            return torch.optim.SGD([{"params": self.encoder.parameters(), "lr": config.lr},
+                                    {"params": self.decoder.parameters(), "lr": config.lr * ratio}],
+                                   momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+        def on_train_step_end(self, step, terms):
+            # like a dead-code reset: re-initialise a randomly chosen row with the global RNG
+            weight = self.encoder[0].weight
+            row = int(torch.randint(weight.shape[0], ()))
+            weight[row] = torch.randn(weight.shape[1]) * 0.01
+            if events is not None:
+                events.append(("step", step, terms, torch.is_grad_enabled(), self.training))
+
+        def on_train_epoch_end(self, epoch):
+            bias = self.decoder[2].bias
+            bias.add_(torch.randn_like(bias) * 0.01)
+            if events is not None:
+                events.append(("epoch", epoch, torch.is_grad_enabled(), self.training))
+
+    torch.manual_seed(seed)
+    return Tuned(cls.config_class.from_dict(TINY))
+
+
+def test_param_groups_keep_their_lr_ratio_under_the_cosine_schedule(tmp_path):
+    seen = []
+    model = tuned_model(ratio=0.1)
+    optimizers = []
+    configure = model.configure_optimizer
+
+    def configure_and_keep(config):
+        optimizers.append(configure(config))
+        return optimizers[-1]
+
+    model.configure_optimizer = configure_and_keep
+    model.on_train_step_end = lambda step, terms: seen.append([g["lr"] for g in optimizers[0].param_groups])
+    result, _ = run(tmp_path / "g", epochs=3, lr=1e-2, lr_schedule="cosine", min_lr_ratio=0.1, model=model)
+    assert len(seen) == 9
+    assert seen[0] == [1e-2, 1e-3]  # step 1 runs at the configured lrs
+    assert all(b == pytest.approx(0.1 * a, rel=1e-12) for a, b in seen)
+    firsts = [a for a, _ in seen]
+    assert firsts == sorted(firsts, reverse=True) and firsts[-1] < 0.2e-2  # cosine decay, towards 0.1 * lr
+    assert result.history[-1]["lrs"] == seen[-1] and result.history[-1]["lr"] == seen[-1][0]
+
+
+def test_hooks_are_called_after_each_step_and_epoch_with_the_step_terms(tmp_path):
+    events = []
+    model = tuned_model(events=events)
+    original = model.loss
+    returned = {}
+
+    def loss(batch, step=None):
+        terms = original(batch, step=step)
+        if step is None:
+            events.append(("val",))
+        else:
+            returned[step] = {k: float(v.detach()) for k, v in terms.items()}
+        return terms
+
+    model.loss = loss
+    result, _ = run(tmp_path / "h", epochs=3, model=model)
+    steps = [e for e in events if e[0] == "step"]
+    assert [e[1] for e in steps] == list(range(1, 10))  # 1-based, once per optimizer step
+    for _, step, terms, grad_enabled, training in steps:
+        assert terms == returned[step - 1]  # the terms loss(step=step - 1) returned, as Python floats
+        assert all(type(v) is float for v in terms.values())
+        assert not grad_enabled and training
+    assert [e[1] for e in events if e[0] == "epoch"] == [1, 2, 3]
+    assert all(not e[2] and e[3] for e in events if e[0] == "epoch")
+    kinds = [e[0] for e in events]  # each epoch hook follows its epoch's last step and precedes its validation
+    assert kinds == ["step", "step", "step", "epoch", "val"] * 3
+    means = {k: sum(e[2][k] for e in steps[6:]) / 3 for k in steps[0][2]}
+    assert result.history[-1]["train"] == pytest.approx(means, rel=1e-12)
+
+
+def test_randomness_in_the_hooks_does_not_shift_the_training_randomness(tmp_path):
+    draws = []
+    model = tiny_model()
+    model.on_train_step_end = lambda step, terms: draws.append(torch.rand(()).item())
+    model.on_train_epoch_end = lambda epoch: torch.randn(1000)
+    run(tmp_path / "hooked", model=model)
+    run(tmp_path / "plain")
+    assert_same(weights(tmp_path / "hooked"), weights(tmp_path / "plain"))
+    assert len(set(draws)) == 9  # seeded per step: different draws on different steps ...
+    again = []
+    model = tiny_model()
+    model.on_train_step_end = lambda step, terms: again.append(torch.rand(()).item())
+    run(tmp_path / "again", model=model)
+    assert again == draws  # ... and the same ones in every run with the same seed
+
+
+# 3 batches per epoch: stop mid-epoch 2, and on its last batch (the epoch hook then runs after resuming)
+@pytest.mark.parametrize("stop_step", [4, 5])
+def test_custom_optimizer_and_weight_mutating_hooks_resume_bit_exactly(tmp_path, stop_step):
+    full, _ = run(tmp_path / "full", epochs=3, lr=1e-2, lr_schedule="cosine", model=tuned_model())
+    plain, _ = run(tmp_path / "plain", epochs=3, lr=1e-2, lr_schedule="cosine")
+    assert full.weights_sha256 != plain.weights_sha256  # the hooks and SGD were used
+    with pytest.raises(Interrupted):
+        run(tmp_path / "cut", epochs=3, lr=1e-2, lr_schedule="cosine", model=_interrupt_at(tuned_model(), stop_step))
+    _, state, tensors, _ = ckpt.read_checkpoint(tmp_path / "cut")
+    assert state["optimizer"]["class"] == "torch.optim.sgd.SGD" and state["base_lrs"] == [1e-2, 1e-3]
+    assert any(name.endswith("/momentum_buffer") for name in tensors)
+    events = []
+    result, _ = run(tmp_path / "cut", epochs=3, lr=1e-2, lr_schedule="cosine", resume=True,
+                    model=tuned_model(events=events))
+    assert [e[1] for e in events if e[0] == "step"] == list(range(stop_step + 2, 10))
+    assert result.global_step == 9
+    assert_same(weights(tmp_path / "full"), weights(tmp_path / "cut"))
+    full_history = json.loads((tmp_path / "full" / "recipe.json").read_text())["history"]
+    cut_history = json.loads((tmp_path / "cut" / "recipe.json").read_text())["history"]
+    for key in ("train", "val", "lrs"):
+        assert [h[key] for h in full_history] == [h[key] for h in cut_history]
+
+
+def test_resume_refuses_a_different_optimizer(tmp_path):
+    run(tmp_path / "r", epochs=1)  # the default: Adam
+    with pytest.raises(TrainingError, match=r"dense-vae\.configure_optimizer\(\) now returns a torch\.optim\.sgd\.SGD, "
+                                            r"but the checkpoint holds a torch\.optim\.adam\.Adam"):
+        run(tmp_path / "r", epochs=2, resume=True, model=tuned_model())
+
+
+def test_configure_optimizer_must_return_an_optimizer_over_the_model(tmp_path):
+    model = tiny_model()
+    model.configure_optimizer = lambda config: [torch.optim.Adam(model.parameters())]
+    with pytest.raises(TrainingError, match=r"dense-vae\.configure_optimizer\(\) returned a list, not a torch\.optim"):
+        run(tmp_path / "a", epochs=1, model=model)
+    model.configure_optimizer = lambda config: torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(TrainingError, match="not a parameter of the model"):
+        run(tmp_path / "b", epochs=1, model=model)
+
+
+def _bad_terms(kind: str):
+    def spoil(terms, batch):
+        if kind == "non-scalar":
+            terms["kl"] = torch.zeros(len(batch))
+        elif kind == "missing loss":
+            terms.pop("loss")
+        elif kind == "non-dict":
+            return terms["loss"]
+        elif kind == "non-tensor":
+            terms["kl"] = 0.5
+        elif kind == "detached loss":
+            terms["loss"] = terms["loss"].detach()
+        return terms
+    return spoil
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("non-scalar", r"dense-vae\.loss\(\) returned term 'kl' with shape \(32,\); every loss term must be a scalar "
+                   r"\(reduce it, e\.g\. with \.mean\(\)\)"),
+    ("missing loss", r"dense-vae\.loss\(\) returned no 'loss' term \(it returned 'reconstruction', 'kl', 'neg_elbo'\)"),
+    ("non-dict", r"dense-vae\.loss\(\) returned a tensor of shape \(\), not a dict of named scalar terms"),
+    ("non-tensor", r"dense-vae\.loss\(\) returned term 'kl' as a float, not a tensor"),
+    ("detached loss", r"dense-vae\.loss\(\) returned a 'loss' that does not require grad"),
+], ids=["non-scalar", "missing-loss", "non-dict", "non-tensor", "detached-loss"])
+def test_a_malformed_loss_stops_training_naming_the_term(tmp_path, kind, message):
+    model = tiny_model()
+    original, spoil = model.loss, _bad_terms(kind)
+    model.loss = lambda batch, step=None: spoil(original(batch, step=step), batch)
+    with pytest.raises(TrainingError, match=message):
+        run(tmp_path / "bad", epochs=1, model=model)
+
+
+def test_a_malformed_validation_loss_is_named_too(tmp_path):
+    model = tiny_model()
+    original, spoil = model.loss, _bad_terms("non-scalar")
+    model.loss = lambda batch, step=None: original(batch, step=step) if step is not None else spoil(
+        original(batch), batch)
+    with pytest.raises(TrainingError, match=r"returned term 'kl' with shape \(40,\)"):
+        run(tmp_path / "bad", epochs=1, model=model)
+
+
+def test_loss_term_problems_lists_every_problem_without_raising():
+    good = {"loss": torch.ones((), requires_grad=True) * 2, "kl": torch.ones(1, 1)}
+    assert loss_term_problems("x-ae", good) == []
+    assert check_terms("x-ae", good) == ["loss", "kl"]
+    bad = {"kl": torch.zeros(3), "count": 4, 7: torch.zeros(())}
+    problems = loss_term_problems("x-ae", bad)
+    assert problems == [
+        "x-ae.loss() returned term 'kl' with shape (3,); "
+        "every loss term must be a scalar (reduce it, e.g. with .mean())",
+        "x-ae.loss() returned term 'count' as a int, not a tensor; every loss term must be a scalar tensor",
+        "x-ae.loss() returned a term named 7 (int); term names must be strings",
+        "x-ae.loss() returned no 'loss' term (it returned 'kl', 'count', 7); the trainer minimises terms['loss']",
+    ]
+    with pytest.raises(TrainingError) as info:
+        check_terms("x-ae", bad)
+    assert all(p in str(info.value) for p in problems) and "in 4 ways" in str(info.value)
+    assert loss_term_problems("x-ae", {"loss": torch.zeros(())}, requires_grad=False) == []
+    assert "does not require grad" in loss_term_problems("x-ae", {"loss": torch.zeros(())})[0]
+    assert loss_term_problems("x-ae", ("loss", 1.0)) == [
+        "x-ae.loss() returned a tuple of 2 item(s), not a dict of named scalar terms; "
+        "return e.g. {'loss': loss, 'reconstruction': reconstruction}"]
 
 
 FAKE_DATA = textwrap.dedent("""

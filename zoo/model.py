@@ -91,6 +91,59 @@ class Autoencoder(nn.Module):
         """Draw ``n`` images from the model (generative models only)."""
         raise UnsupportedTaskError(self._missing("sample"))
 
+    # Training hooks (called by zoo.training.Trainer) ----------------------------
+
+    def configure_optimizer(self, config: Any) -> torch.optim.Optimizer:
+        """The optimizer the trainer steps; called once per ``fit()``, on every rank.
+
+        ``config`` is the run's :class:`zoo.training.TrainConfig` (``lr``, ``weight_decay``, ...).
+        The default is Adam over all parameters with ``config.lr`` and ``config.weight_decay``.
+        Override it to return any ``torch.optim.Optimizer`` over this model's parameters, e.g.
+        with parameter groups at different learning rates. It is called after the model has
+        been moved to the training device and before a resumed run restores the optimizer's
+        state, so it must build the same optimizer (class, groups, group order) every time.
+
+        The trainer owns the learning-rate schedule: before every step it sets each group's
+        ``lr`` to the ``lr`` that group had here times the schedule's factor (1 for
+        ``constant``), so the groups' ratios are kept. Parameters left out are not updated.
+        """
+        return torch.optim.Adam(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def on_train_step_end(self, step: int, terms: dict[str, float]) -> None:
+        """Per-step model logic after each optimizer step, e.g. resetting dead codebook entries.
+
+        ``step`` is 1-based: the number of optimizer steps taken so far, i.e. the ``step`` that
+        ``loss`` got for this batch plus one. ``terms`` are this step's loss terms as Python
+        floats (the values the progress bar averages, computed before the update, on this
+        rank's share of the batch). The model is in training mode and the call runs under
+        ``torch.no_grad()``. Changes made here (weights, buffers) are in the checkpoint that
+        follows, so resume replays them exactly.
+
+        Randomness: use the torch global RNG (``torch.rand``, ``torch.randn``, ``torch.randint``
+        without a ``generator``, on CPU or the model's device), never a generator of your own.
+        The trainer seeds it for this call from (training seed, ``step``), identically on every
+        rank, and restores the training RNG afterwards, so random draws here are reproducible,
+        survive resume bit-exactly and do not shift the training randomness.
+
+        Under DDP this is called on every rank. DDP keeps parameters in step only through the
+        gradients, so any change to parameters must come out identical on every rank: base it
+        on values that already are (the weights, the global RNG) or synchronise rank-local
+        statistics (``terms``, per-batch usage counts) yourself, e.g. with
+        ``torch.distributed.all_reduce`` when ``torch.distributed.is_initialized()``.
+        The default does nothing.
+        """
+
+    def on_train_epoch_end(self, epoch: int) -> None:
+        """Per-epoch model logic, called after an epoch's last optimizer step.
+
+        ``epoch`` is 1-based: the number of epochs completed. It runs after that step's
+        :meth:`on_train_step_end`, before the epoch's validation and checkpoint (so both see its
+        changes), in training mode, under ``torch.no_grad()``, on every rank, with the global
+        RNG seeded from (training seed, ``epoch``) as in :meth:`on_train_step_end`, whose DDP
+        rules apply too. A run resumed from a checkpoint saved mid-epoch calls it when it
+        finishes that epoch. The default does nothing.
+        """
+
     # Task dispatch -----------------------------------------------------------
 
     @classmethod

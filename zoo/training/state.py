@@ -3,10 +3,11 @@
 A checkpoint is a folder ``checkpoints/step-NNNNNNNN/`` under the run directory holding
 
 - ``model.safetensors`` + ``config.json`` (``save_pretrained``; the folder itself loads with ``zoo.load``),
-- ``optimizer.safetensors``: every tensor of the optimizer state, keyed ``state/<param index>/<name>``,
+- ``optimizer.safetensors``: every tensor of the optimizer state (any torch optimizer), keyed by its
+  path in ``state_dict()``, e.g. ``state/<param index>/<name>``,
 - ``rng.safetensors``: the global CPU (and CUDA) RNG state of every rank, as uint8 tensors,
-- ``state.json``: epoch, position in the epoch, step, optimizer param groups and scalar state,
-  running sums, history and the training config.
+- ``state.json``: epoch, position in the epoch, step, the rest of the optimizer state (param
+  groups, non-tensor state, the optimizer's class), running sums, history and the training config.
 
 It is written completely, then committed by atomically replacing ``checkpoint.json`` in the run
 directory, which names the current folder; older folders are removed only after that. A crash at
@@ -33,23 +34,78 @@ OPTIMIZER = "optimizer.safetensors"
 RNG = "rng.safetensors"
 
 
+OPTIMIZER_ENCODING = 2  # 1 (no "encoding" key): flat tensors + scalars, Adam-shaped; 2: any nesting, tagged
+
+
+def _optimizer_class(optimizer: torch.optim.Optimizer) -> str:
+    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+
+
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split ``optimizer.state_dict()`` into safetensors-able tensors and a JSON-able rest."""
-    sd = optimizer.state_dict()
+    """Split any optimizer's ``state_dict()`` into safetensors-able tensors and a JSON-able rest.
+
+    The state dict is walked recursively, so per-parameter state of any shape (Adam's moments,
+    SGD's momentum buffers or ``None``, lists of tensors as in LBFGS, tensor learning rates)
+    survives. Each tensor is stored under its path, e.g. ``state/0/exp_avg``; in the JSON
+    rest it is replaced by ``{"tensor": path}``; tuples and dicts are tagged (``{"tuple": [...]}``,
+    ``{"dict": [[key, value], ...]}``) so that they, and integer keys, come back as they were.
+    Anything else that JSON cannot hold raises a CheckpointError naming its path.
+    """
     tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, entry in sd["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state/{index}/{key}"] = value.detach().to("cpu").contiguous().clone()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()} for group in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalar_state": scalars}
+
+    def encode(value: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(value, torch.Tensor):
+            key = "/".join(path)
+            if key in tensors:
+                raise CheckpointError(f"optimizer state has two tensors at {key!r}; cannot save it")
+            tensors[key] = value.detach().to("cpu").contiguous().clone()
+            return {"tensor": key}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, tuple):
+            return {"tuple": [encode(v, (*path, str(i))) for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [encode(v, (*path, str(i))) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {"dict": [[encode(k, (*path, "key")), encode(v, (*path, str(k)))] for k, v in value.items()]}
+        raise CheckpointError(f"optimizer state entry {'/'.join(path)!r} is a {type(value).__name__}; only tensors, "
+                              "numbers, strings, None, lists, tuples and dicts can be saved without pickle")
+
+    encoded = encode(optimizer.state_dict(), ())
+    return tensors, {"encoding": OPTIMIZER_ENCODING, "class": _optimizer_class(optimizer), "state_dict": encoded}
 
 
 def optimizer_from_tensors(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
     """Rebuild an optimizer ``state_dict`` from :func:`optimizer_to_tensors`' two halves."""
+    if "encoding" not in rest:
+        return _legacy_optimizer_from_tensors(tensors, rest)
+    if rest["encoding"] != OPTIMIZER_ENCODING:
+        raise CheckpointError(f"optimizer state has encoding {rest['encoding']!r}, expected {OPTIMIZER_ENCODING}")
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if isinstance(value, dict):
+            (tag, inner), = value.items()
+            if tag == "tensor":
+                if inner not in tensors:
+                    raise CheckpointError(f"optimizer state names tensor {inner!r}, which {OPTIMIZER} lacks")
+                return tensors[inner]
+            if tag == "tuple":
+                return tuple(decode(v) for v in inner)
+            return {decode(k): decode(v) for k, v in inner}
+        return value
+
+    return decode(rest["state_dict"])
+
+
+def saved_optimizer_class(rest: dict[str, Any]) -> str | None:
+    """``module.QualName`` of the optimizer a checkpoint holds (None for checkpoints that predate recording it)."""
+    return rest.get("class")
+
+
+def _legacy_optimizer_from_tensors(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    """Encoding 1: ``state/<index>/<name>`` tensors, ``scalar_state`` and Adam's ``betas`` as a list."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, index, key = name.split("/", 2)

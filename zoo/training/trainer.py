@@ -1,7 +1,9 @@
 """The training loop behind ``zoo train``: deterministic, resumable, interruptible, DDP-ready.
 
 Everything model-specific comes from the model: ``model.loss(batch, step)`` gives the objective
-and its named terms, and ``model.dynamic_binarization`` says whether batches are binarized.
+and its named terms (checked by :func:`zoo.training.terms.check_terms`), ``model.dynamic_binarization``
+says whether batches are binarized, ``model.configure_optimizer(config)`` builds the optimizer and
+``model.on_train_step_end`` / ``model.on_train_epoch_end`` run per-step and per-epoch model logic.
 """
 
 import dataclasses
@@ -10,6 +12,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,13 @@ from zoo.errors import ZooError
 from zoo.model import Autoencoder
 from zoo.training import distributed, state as ckpt
 from zoo.training.distributed import DistContext
+from zoo.training.errors import TrainingError
 from zoo.training.recipe import environment
+from zoo.training.terms import check_terms
 
 RECIPE = "recipe.json"
 LR_SCHEDULES = ("constant", "cosine")
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class TrainingError(ZooError):
-    """Training cannot go on (e.g. a NaN or inf loss); the message names the step."""
 
 
 class Interrupted(ZooError):
@@ -168,12 +169,49 @@ class Trainer:
                        dynamic_binarize=self.model.dynamic_binarization, rank=self.ctx.rank,
                        world_size=self.ctx.world_size, device=self.ctx.device)
 
-    def _lr(self, step: int, total: int) -> float:
+    def _lr_factor(self, step: int, total: int) -> float:
+        """The schedule's multiplier of every param group's initial lr before step ``step`` (0-based)."""
         c = self.config
         if c.lr_schedule == "constant" or total <= 0:
-            return c.lr
+            return 1.0
         progress = min(1.0, step / total)
-        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    @staticmethod
+    def _set_lrs(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(base * factor)  # tensor lrs (e.g. capturable optimizers) stay tensors
+            else:
+                group["lr"] = base * factor
+
+    def _optimizer(self, model: Autoencoder) -> torch.optim.Optimizer:
+        """``model.configure_optimizer(config)``, checked: a torch optimizer over the model's own parameters."""
+        optimizer = model.configure_optimizer(self.config)
+        where = f"{model.architecture}.configure_optimizer()"
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TrainingError(f"{where} returned a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+        own = {id(p) for p in model.parameters()}
+        for index, group in enumerate(optimizer.param_groups):
+            if "lr" not in group:
+                raise TrainingError(f"{where} returned a {type(optimizer).__name__} whose param group {index} "
+                                    "has no 'lr'; the trainer's lr schedule needs one per group")
+            if any(id(p) not in own for p in group["params"]):
+                raise TrainingError(f"{where}: param group {index} holds a tensor that is not a parameter of the "
+                                    "model, so it would be neither checkpointed nor trained as part of it")
+        return optimizer
+
+    @contextmanager
+    def _hook_rng(self, *parts: int):
+        """The global RNG seeded from (seed, *parts), the same on every rank; the training RNG is restored after."""
+        devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            seed = _seed_for(self.config.seed, *parts)
+            torch.default_generator.manual_seed(seed)
+            if devices:
+                with torch.cuda.device(self.ctx.device):
+                    torch.cuda.manual_seed(seed)
+            yield
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -186,7 +224,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             module = DistributedDataParallel(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        optimizer = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        optimizer = self._optimizer(model)
+        # each group's lr as configured: the schedule scales these, keeping the groups' ratios
+        base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         loader = self._loader()
         steps_per_epoch = len(loader)
         total_steps = steps_per_epoch * c.epochs
@@ -195,7 +235,7 @@ class Trainer:
         sums: dict[str, float] = {}
         history: list[dict[str, Any]] = []
         if resume:
-            epoch, start_batch, global_step, sums, history = self._restore(optimizer)
+            epoch, start_batch, global_step, sums, history = self._restore(optimizer, base_lrs)
         else:
             torch.manual_seed(_seed_for(c.seed, 1, ctx.rank))
             if ctx.device.type == "cuda":
@@ -214,10 +254,9 @@ class Trainer:
                 for batch_index, (x, _y) in enumerate(loader):
                     if batch_index < start_batch:
                         continue  # replay the epoch's order and binarization noise up to the resume point
-                    for group in optimizer.param_groups:
-                        group["lr"] = self._lr(global_step, total_steps)
+                    self._set_lrs(optimizer, base_lrs, self._lr_factor(global_step, total_steps))
                     terms = module(x, global_step)
-                    names = list(terms)
+                    names = check_terms(model.architecture, terms)
                     values = torch.stack([terms[k].detach().float().reshape(()) for k in names]).tolist()
                     loss_value = values[names.index("loss")]
                     bad = 0.0 if math.isfinite(loss_value) else 1.0
@@ -235,6 +274,8 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
                     optimizer.step()
                     global_step += 1
+                    with torch.no_grad(), self._hook_rng(4, global_step):
+                        model.on_train_step_end(global_step, dict(zip(names, values)))
                     for k, v in zip(names, values):
                         sums[k] = sums.get(k, 0.0) + v
                     done = batch_index + 1
@@ -244,7 +285,7 @@ class Trainer:
                     if flags[1]:
                         bar.close()
                         signum = int(flags[1])
-                        where = self._save(model, optimizer, epoch, done, global_step, sums, history)
+                        where = self._save(model, optimizer, base_lrs, epoch, done, global_step, sums, history)
                         self._write_recipe(history, global_step, epoch, started, status="interrupted")
                         name = signal.Signals(signum).name
                         raise Interrupted(f"{name} received: stopped after step {global_step} "
@@ -252,10 +293,13 @@ class Trainer:
                                           f"to {where}; continue with the same command plus --resume",
                                           signum, where)
                 bar.close()
+                with torch.no_grad(), self._hook_rng(5, epoch + 1):
+                    model.on_train_epoch_end(epoch + 1)
                 n = steps_per_epoch
+                lrs = [float(group["lr"]) for group in optimizer.param_groups]
                 record = {"epoch": epoch + 1, "step": global_step,
                           "train": {k: v / n for k, v in sums.items()},
-                          "lr": optimizer.param_groups[0]["lr"],
+                          "lr": lrs[0], **({"lrs": lrs} if len(lrs) > 1 else {}),
                           "seconds": round(time.time() - epoch_start, 3)}
                 val = self.validate(model) if ctx.is_main else {}
                 if val:
@@ -263,7 +307,7 @@ class Trainer:
                 history.append(record)
                 self.log(self._epoch_line(record))
                 sums, start_batch = {}, 0
-                self._save(model, optimizer, epoch + 1, 0, global_step, sums, history)
+                self._save(model, optimizer, base_lrs, epoch + 1, 0, global_step, sums, history)
         result = self._write_recipe(history, global_step, c.epochs, started, status="complete")
         distributed.barrier(ctx)
         return result
@@ -292,6 +336,7 @@ class Trainer:
             torch.manual_seed(_seed_for(c.seed, 3))
             for x, _ in batches:
                 terms = model.loss(x)
+                check_terms(model.architecture, terms, requires_grad=False)
                 for k, v in terms.items():
                     totals[k] = totals.get(k, 0.0) + float(v.detach().float().mean()) * len(x)
                 count += len(x)
@@ -310,7 +355,7 @@ class Trainer:
                 tensors[f"cuda/rank{r}"] = t
         return tensors
 
-    def _save(self, model, optimizer, epoch: int, batch_in_epoch: int, global_step: int,
+    def _save(self, model, optimizer, base_lrs: list[float], epoch: int, batch_in_epoch: int, global_step: int,
               sums: dict[str, float], history: list) -> Path | None:
         rng = self._rng_tensors()  # a collective: every rank takes part
         where = None
@@ -318,13 +363,14 @@ class Trainer:
             tensors, rest = ckpt.optimizer_to_tensors(optimizer)
             state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
                      "world_size": self.ctx.world_size, "train_config": self.config.to_dict(),
-                     "data": self.data_name, "optimizer": rest, "running_sums": sums, "history": history}
+                     "data": self.data_name, "optimizer": rest, "base_lrs": base_lrs, "running_sums": sums,
+                     "history": history}
             where = ckpt.write_checkpoint(self.out, f"step-{global_step:08d}", model, tensors, rng, state)
             model.save_pretrained(self.out)  # the run folder always holds the latest weights
         distributed.barrier(self.ctx)
         return where
 
-    def _restore(self, optimizer) -> tuple[int, int, int, dict[str, float], list]:
+    def _restore(self, optimizer, base_lrs: list[float]) -> tuple[int, int, int, dict[str, float], list]:
         folder, state, opt_tensors, rng = ckpt.read_checkpoint(self.out)
         saved = TrainConfig(**state["train_config"])
         if saved.resume_key() != self.config.resume_key():
@@ -345,13 +391,31 @@ class Trainer:
                                 f"the one asked for ({self.model.architecture}, {self.model.config.to_dict()})")
         self.model.load_state_dict(read_weights(folder / WEIGHTS_NAME))
         self.model.to(self.ctx.device)
-        optimizer.load_state_dict(ckpt.optimizer_from_tensors(opt_tensors, state["optimizer"]))
+        self._restore_optimizer(optimizer, base_lrs, state, opt_tensors)
         torch.set_rng_state(rng[f"cpu/rank{self.ctx.rank}"])
         if self.ctx.device.type == "cuda" and f"cuda/rank{self.ctx.rank}" in rng:
             torch.cuda.set_rng_state(rng[f"cuda/rank{self.ctx.rank}"], self.ctx.device)
         self.log(f"resuming {self.out} from {folder.name}: epoch {state['epoch'] + 1}, "
                  f"batch {state['batch_in_epoch']}, step {state['global_step']}")
         return state["epoch"], state["batch_in_epoch"], state["global_step"], dict(state["running_sums"]), list(state["history"])
+
+    def _restore_optimizer(self, optimizer, base_lrs: list[float], state: dict[str, Any],
+                           tensors: dict[str, torch.Tensor]) -> None:
+        """Load the checkpoint's optimizer state into the one ``configure_optimizer`` built, if it is the same kind."""
+        where = f"cannot resume {self.out}: {self.model.architecture}.configure_optimizer()"
+        saved_class = ckpt.saved_optimizer_class(state["optimizer"])
+        now_class = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+        if saved_class is not None and saved_class != now_class:
+            raise TrainingError(f"{where} now returns a {now_class}, but the checkpoint holds a {saved_class}")
+        saved_lrs = state.get("base_lrs")
+        if saved_lrs is not None and saved_lrs != base_lrs:
+            raise TrainingError(f"{where} now gives the param groups initial lrs {base_lrs}, but the checkpoint's "
+                                f"were {saved_lrs}")
+        try:
+            optimizer.load_state_dict(ckpt.optimizer_from_tensors(tensors, state["optimizer"]))
+        except (ValueError, KeyError) as error:
+            raise TrainingError(f"{where} builds an optimizer whose param groups do not match the "
+                                f"checkpoint's: {error}") from error
 
     def _write_recipe(self, history, global_step, epochs_completed, started, status) -> TrainResult | None:
         if not self.ctx.is_main:
