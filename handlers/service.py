@@ -15,6 +15,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,18 @@ def build_model(model_dir: Path, plugin_modules: list[str], device: torch.device
 
     host = PluginHost(strict=False)
     for name in plugin_modules:
-        host.register_module(importlib.import_module(name), name=name)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or str(exc)
+            if name == missing or name.startswith(f"{missing}."):
+                raise RuntimeError(f"plugin module {name} is not in the archive: rebuild it with `zoo package`") \
+                    from exc
+            raise MissingDependencyError(
+                f"importing plugin module {name} failed: no module named {missing!r} in {sys.executable} or the "
+                f"archive. If the plugin needs {missing}, declare it in the plugin's requirements (Requires-Dist) "
+                "and repackage, or install it in the TorchServe environment") from exc
+        host.register_module(module, name=name)
     host.collect()
     problems = [e for r in host.records.values() for e in r.errors]
     if problems:
@@ -62,7 +74,89 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     path = model_dir / SERVING_MANIFEST
     if not path.is_file():
         raise RuntimeError(f"{path} is missing: package the model with `zoo package`")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    dependencies = manifest.setdefault("dependencies", [])  # archives built before it was recorded have none
+    if not isinstance(dependencies, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("specifier", ""), str)
+            for d in dependencies):
+        raise RuntimeError(f"{path}: \"dependencies\" must be a list of {{name, specifier, bundled}} objects; "
+                           "rebuild the archive with `zoo package`")
+    return manifest
+
+
+class MissingDependencyError(RuntimeError):
+    """The plugin's own dependencies, listed in the archive's manifest, are not available to this Python."""
+
+
+def check_dependencies(model_dir: Path, manifest: dict[str, Any], model: str | None = None) -> None:
+    """Before any plugin is imported: every dependency the manifest lists is there, in a version it admits.
+
+    A bundled dependency must be in the archive itself (its ``.dist-info`` at
+    ``model_dir``); any other must be installed where this Python finds it.
+    Raises :class:`MissingDependencyError` naming every one that is not, and the fix.
+    """
+    problems, to_install, incomplete = [], [], False
+    for entry in manifest.get("dependencies", []):
+        name, specifier, bundled = entry["name"], entry.get("specifier") or "", bool(entry.get("bundled"))
+        required_by = entry.get("required_by") or []
+        required_by = [required_by] if isinstance(required_by, str) else [str(r) for r in required_by]
+        label = name + specifier + (f" (required by {', '.join(required_by)})" if required_by else "")
+        version = _installed_version(name, model_dir if bundled else None)
+        if version is None:
+            problems.append(f"{label} is marked bundled but is not in the archive" if bundled
+                            else f"{label} is not installed")
+        elif specifier and not _admits(specifier, version, name):
+            problems.append(f"{label} is {'bundled' if bundled else 'installed'} at version {version}")
+        else:
+            continue
+        if bundled:
+            incomplete = True
+        else:
+            to_install.append(name + specifier)
+    if not problems:
+        return
+    fixes = []
+    if to_install:
+        fixes.append(f"install {', '.join(to_install)} in the TorchServe environment (pip install "
+                     f"{' '.join(repr(r) for r in to_install)}), or repackage with `zoo package --deps bundle` "
+                     "to ship pure-Python dependencies inside the archive")
+        if manifest.get("dependency_mode") == "requirements":
+            fixes.append("this archive lists them in requirements.txt, which TorchServe installs at load only when "
+                         "config.properties sets install_py_dep_per_model=true (`zoo serve --deps requirements` "
+                         "does)")
+    if incomplete:
+        fixes.append("rebuild the archive with `zoo package --deps bundle`")
+    raise MissingDependencyError(
+        f"model {model or manifest.get('model_name') or model_dir.name}: the plugin's own dependencies are not "
+        f"available to {sys.executable}: {'; '.join(problems)}. To fix: {'; '.join(fixes)}.")
+
+
+def _installed_version(name: str, where: Path | None) -> str | None:
+    """The version of distribution ``name`` found in ``where`` only (a bundled copy), or on sys.path."""
+    from importlib import metadata
+
+    if where is None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+    for distribution in metadata.distributions(name=name, path=[str(where)]):
+        return distribution.version
+    return None
+
+
+def _admits(specifier: str, version: str, name: str) -> bool:
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion
+    except ImportError:  # torchserve requires packaging; elsewhere a missing one must not block loading
+        logger.warning("cannot check %s %s against %r: the packaging library is not installed", name, version,
+                       specifier)
+        return True
+    try:
+        return SpecifierSet(specifier).contains(version, prereleases=True)
+    except (InvalidSpecifier, InvalidVersion):
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +191,7 @@ class ZooService:
                        name: str | None = None, version: str | None = None) -> "ZooService":
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir)
+        check_dependencies(model_dir, manifest, name)
         options = Options.from_yaml((yaml_config or {}).get("handler"))
         device = select_device(gpu_id)
         model = build_model(model_dir, manifest.get("plugins", []), device)

@@ -15,11 +15,20 @@ def _handler_options(half: bool, compile_: bool, warmup: bool) -> dict:
     return {"half": half, "compile": compile_, "warmup": warmup}
 
 
-def _package_options(batch_size, max_batch_delay, workers, half=False, compile_=False, warmup=True):
+def _package_options(batch_size, max_batch_delay, workers, half=False, compile_=False, warmup=True, deps="check"):
     from zoo.serving import PackageOptions
 
     return PackageOptions(batch_size=batch_size, max_batch_delay=max_batch_delay, workers=workers,
-                          handler=_handler_options(half, compile_, warmup))
+                          handler=_handler_options(half, compile_, warmup), deps=deps)
+
+
+#: zoo.serving.package.DEPENDENCY_MODES (spelled out so that --help imports no serving code).
+DEPENDENCY_MODES = ("check", "bundle", "requirements")
+
+
+def deps_option(help_text: str):
+    return click.option("--deps", type=click.Choice(DEPENDENCY_MODES), default=DEPENDENCY_MODES[0],
+                        show_default=True, help=help_text)
 
 
 batch_options = [
@@ -46,19 +55,39 @@ def with_batch_options(func):
 @with_batch_options
 @click.option("--kserve", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write KServe's layout here: config/config.properties and model-store/*.mar.")
-def package_command(models, out, batch_size, max_batch_delay, workers, half, compile_, kserve):
+@deps_option("The plugin's own dependencies (beyond ae-zoo and TorchServe's runtime): check = the handler checks "
+             "at load that they are installed; bundle = copy them (pure Python only) into the archive; "
+             "requirements = add a requirements.txt that TorchServe installs when install_py_dep_per_model=true.")
+def package_command(models, out, batch_size, max_batch_delay, workers, half, compile_, kserve, deps):
     """Build self-contained TorchServe archives (NAME.mar) for registered models or checkpoint folders."""
     from zoo.serving import package, write_kserve
+    from zoo.serving.package import read_manifest
 
-    options = _package_options(batch_size, max_batch_delay, workers, half, compile_)
+    options = _package_options(batch_size, max_batch_delay, workers, half, compile_, deps=deps)
     mars = []
     for model in models:
         mar = package(model, out, options)
         mars.append(mar)
         click.echo(f"wrote {mar}")
+        _describe_dependencies(read_manifest(mar), deps)
     if kserve is not None:
         config = write_kserve(mars, kserve, options)
         click.echo(f"wrote {config} and {kserve / 'model-store'}")
+
+
+def _describe_dependencies(manifest: dict, deps: str) -> None:
+    """One line about the plugin's own dependencies, when it has any."""
+    listed = manifest.get("dependencies") or []
+    if not listed:
+        return
+    names = ", ".join(d["name"] + d.get("specifier", "") for d in listed)
+    if deps == "bundle":
+        click.echo(f"  bundled the plugin's dependencies: {names}")
+    elif deps == "requirements":
+        click.echo(f"  requirements.txt lists the plugin's dependencies: {names} (TorchServe installs them only "
+                   "with install_py_dep_per_model=true)")
+    else:
+        click.echo(f"  the plugin needs {names} installed in the TorchServe environment (or use --deps bundle)")
 
 
 @main.command("serve")
@@ -75,8 +104,11 @@ def package_command(models, out, batch_size, max_batch_delay, workers, half, com
               help="TorchServe, or KServe's own model server (one model; needs ae-zoo[kserve]).")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=0, help="--engine kserve: REST port.")
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=0, help="--engine kserve: gRPC port.")
+@deps_option("The plugins' own dependencies, for the archives it builds (see `zoo package --help`); "
+             "requirements also turns TorchServe's install_py_dep_per_model on: it runs pip (network access) "
+             "for each model that carries a requirements.txt when it loads.")
 def serve_command(models, port, batch_size, max_batch_delay, workers, half, compile_, no_auth, foreground, stop_,
-                  timeout, directory, engine, http_port, grpc_port):
+                  timeout, directory, engine, http_port, grpc_port, deps):
     """Serve models on 127.0.0.1 until `zoo serve --stop`: TorchServe, or KServe's model server.
 
     MODELS are registered names, checkpoint folders or .mar files. They are
@@ -95,8 +127,11 @@ def serve_command(models, port, batch_size, max_batch_delay, workers, half, comp
         return
     if not models:
         raise click.UsageError("name at least one model to serve (see `zoo list`)")
+    if engine == "kserve" and deps == "requirements":
+        raise click.UsageError("--deps requirements needs TorchServe, which installs an archive's requirements.txt; "
+                               "with --engine kserve use --deps bundle, or install the dependencies yourself")
     server.refuse_if_running(directory)  # before packaging: a running server is reported at once
-    options = _package_options(batch_size, max_batch_delay, workers, half, compile_)
+    options = _package_options(batch_size, max_batch_delay, workers, half, compile_, deps=deps)
     mars = []
     with server.private_umask():  # the run directory and the archives built in it are private to the user
         build = server.private_dir(server.private_dir(directory) / "build")
@@ -109,8 +144,12 @@ def serve_command(models, port, batch_size, max_batch_delay, workers, half, comp
         if http_port or grpc_port:
             raise click.UsageError("--http-port and --grpc-port are for --engine kserve; TorchServe takes --port")
         click.echo(f"starting TorchServe for {', '.join(m.stem for m in mars)} ...", err=True)
+        # TorchServe installs an archive's requirements.txt only with install_py_dep_per_model, which
+        # zoo serve leaves off (it runs pip at load) unless asked for with --deps requirements.
+        extra = {"install_py_dep_per_model": "true"} if deps == "requirements" else None
         state = server.start(mars, directory, port=port, auth=not no_auth, batch_size=batch_size,
-                             max_batch_delay=max_batch_delay, workers=workers, timeout=timeout)
+                             max_batch_delay=max_batch_delay, workers=workers, timeout=timeout,
+                             extra_properties=extra)
     _describe(state, directory, foreground)
     if foreground:
         _wait_in_foreground(state, directory)
