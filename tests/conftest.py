@@ -1,6 +1,8 @@
 """Shared fixtures: fake plugin distributions discovered through real entry points."""
 
 import importlib
+import importlib
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -64,3 +66,29 @@ def plugin_module(tmp_path, monkeypatch):
 
 
 REPO = Path(__file__).resolve().parents[1]
+#: The example third-party plugins in examples/: distribution -> source folder.
+EXAMPLES = {"zoo-beta-vae": REPO / "examples" / "beta_vae", "zoo-vq-ae": REPO / "examples" / "vq_ae"}
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+
+
+def pip_install(*paths) -> None:
+    """pip-install local packages into this venv for real, and rediscover plugins."""
+    subprocess.run([*PIP, "install", "--no-deps", "--no-build-isolation", *map(str, paths)], check=True)
+    importlib.invalidate_caches()
+    zoo.plugins._host = None
+
+
+def pip_uninstall(*distributions: str, modules=()) -> None:
+    subprocess.run([*PIP, "uninstall", "-y", *distributions], check=True)
+    importlib.invalidate_caches()
+    for module in modules:
+        sys.modules.pop(module, None)
+    zoo.plugins._host = None
+
+
+@pytest.fixture(scope="module")
+def installed_examples():
+    """Both example plugins pip-installed into this venv for the module's tests, then uninstalled."""
+    pip_install(*EXAMPLES.values())
+    yield
+    pip_uninstall(*EXAMPLES, modules=("zoo_beta_vae", "zoo_vq_ae"))

@@ -28,7 +28,8 @@ from zoo.serving import PackageOptions, client, package, server
 from zoo.serving.package import RUNTIME_REQUIREMENTS
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_PLUGIN = REPO / "examples" / "beta_vae" / "zoo_beta_vae"
+#: The example third-party plugins: distribution -> (module, entry point); each lives in examples/<module minus zoo_>.
+EXAMPLE_PLUGINS = {"zoo-beta-vae": ("zoo_beta_vae", "beta-vae"), "zoo-vq-ae": ("zoo_vq_ae", "vq-ae")}
 BATCH_SIZE = 8
 BATCH_DELAY_MS = 20
 
@@ -169,21 +170,23 @@ class Served:
 
 
 def with_example_plugin(tmp: Path):
-    """Make the example third-party plugin discoverable through a real entry point (until undone)."""
+    """Make the example third-party plugins discoverable through real entry points (until undone)."""
     site = tmp / "third-party-site"
     site.mkdir()
-    (site / "zoo_beta_vae").symlink_to(EXAMPLE_PLUGIN)
-    info = site / "zoo_beta_vae-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-beta-vae\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[zoo]\nbeta-vae = zoo_beta_vae\n")
+    for distribution, (module, entry_point) in EXAMPLE_PLUGINS.items():
+        (site / module).symlink_to(REPO / "examples" / module.removeprefix("zoo_") / module)
+        info = site / f"{module}-0.1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1.0\n")
+        (info / "entry_points.txt").write_text(f"[zoo]\n{entry_point} = {module}\n")
     sys.path.insert(0, str(site))
     zoo.plugins._host = None
 
     def undo():
         if str(site) in sys.path:
             sys.path.remove(str(site))
-        sys.modules.pop("zoo_beta_vae", None)
+        for module, _ in EXAMPLE_PLUGINS.values():
+            sys.modules.pop(module, None)
         zoo.plugins._host = None
 
     return undo
@@ -193,7 +196,7 @@ def with_example_plugin(tmp: Path):
 def zoo_models(tmp_path_factory) -> dict[str, ModelUnderTest]:
     """Every pretrained model, plus one freshly created model per architecture (incl. a third-party one)."""
     tmp = tmp_path_factory.mktemp("zoo-models")
-    undo = with_example_plugin(tmp) if EXAMPLE_PLUGIN.is_dir() else (lambda: None)
+    undo = with_example_plugin(tmp)
     models: dict[str, ModelUnderTest] = {}
     try:
         for name in zoo.list_models():
@@ -241,8 +244,8 @@ def runtime_python(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def served_isolated(zoo_models, runtime_python, tmp_path_factory):
-    """A second TorchServe run by ``runtime_python`` (no ae-zoo): a built-in and a third-party model's archives."""
-    chosen = {n: m for n, m in zoo_models.items() if not m.pretrained and n.split("-fresh")[0] in {"conv-vae", "beta-vae"}}
+    """A second TorchServe run by ``runtime_python`` (no ae-zoo): a built-in and the third-party models' archives."""
+    chosen = {n: m for n, m in zoo_models.items() if not m.pretrained and n.split("-fresh")[0] in {"conv-vae", "beta-vae", "vq-ae"}}
     directory = tmp_path_factory.mktemp("serve-isolated")
     env = {"PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
     state = _start(chosen.values(), directory, python=str(runtime_python), env=env)

@@ -297,7 +297,8 @@ def test_listens_only_on_loopback_and_the_model_api_is_off(served: Served):
 
 def test_runtime_env_has_torchserve_but_not_ae_zoo(runtime_python):
     assert python_can_import(runtime_python, "torch") and python_can_import(runtime_python, "ts")
-    for module in ("zoo", "zoo_plugins", "zoo_handlers", "zoo_beta_vae", "click", "huggingface_hub", "tqdm"):
+    for module in ("zoo", "zoo_plugins", "zoo_handlers", "zoo_beta_vae", "zoo_vq_ae", "click", "huggingface_hub",
+                   "tqdm"):
         assert not python_can_import(runtime_python, module), module
 
 
@@ -313,8 +314,8 @@ def test_archives_serve_from_an_environment_without_ae_zoo(served_isolated: Serv
     origins = [line.split("zoo core from ")[1].strip() for line in log.splitlines() if "zoo core from" in line]
     assert len(origins) == len(served_isolated.models)
     assert all(o.startswith(str(Path(served_isolated.state.directory) / "tmp")) for o in origins), origins
-    third_party = [m for m in served_isolated.models.values() if type(m.model).__module__ == "zoo_beta_vae"]
-    assert third_party, "the third-party example plugin should be among the isolated archives"
+    third_party = {type(m.model).__module__ for m in served_isolated.models.values()}
+    assert {"zoo_beta_vae", "zoo_vq_ae"} <= third_party, "both example plugins should be among the isolated archives"
 
 
 # --------------------------------------------------------------------------------------------

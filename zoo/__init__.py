@@ -13,7 +13,11 @@ __version__ = "0.1.0"
 
 #: Imported on first use, so that ``import zoo.errors`` or the serving client does not load torch.
 _LAZY = {"create": "zoo.api", "info": "zoo.api", "list_architectures": "zoo.api", "list_models": "zoo.api",
-         "load": "zoo.api", "Autoencoder": "zoo.model", "PretrainedEntry": "zoo.registry"}
+         "load": "zoo.api",
+         # What a plugin author builds on (see docs/plugin-guide.md).
+         "Autoencoder": "zoo.model", "ModelConfig": "zoo.config", "VariationalAutoencoder": "zoo.vae",
+         "VAEConfig": "zoo.vae", "PretrainedEntry": "zoo.registry", "TASKS": "zoo.tasks", "Task": "zoo.tasks",
+         "Metric": "zoo.metrics", "MetricSet": "zoo.metrics", "TrainConfig": "zoo.training"}
 
 
 def __getattr__(name: str):
@@ -29,7 +33,15 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Autoencoder",
+    "Metric",
+    "MetricSet",
+    "ModelConfig",
     "PretrainedEntry",
+    "TASKS",
+    "Task",
+    "TrainConfig",
+    "VAEConfig",
+    "VariationalAutoencoder",
     "create",
     "hookimpl",
     "info",

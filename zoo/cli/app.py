@@ -14,6 +14,7 @@ COMMAND_MODULES = {
     "list": "catalog", "info": "catalog", "plugins": "catalog", "data": "data", "train": "train",
     "eval": "evaluate", "package": "serve", "serve": "serve", "predict": "serve", "publish": "publish",
     "card": "publish", "export": "export", "compress": "compress", "decompress": "compress",
+    "new-plugin": "scaffold",
 }
 
 
