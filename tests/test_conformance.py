@@ -188,3 +188,40 @@ def test_new_plugin_will_not_overwrite(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1 and "already exists and is not empty" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_a_model_no_metric_set_applies_to_passes_with_evaluation_reported_as_not_run(tmp_path):
+    class EncoderOnly(Broken):
+        architecture = "encoder-only"
+        tasks = ("encode",)
+
+        def encode(self, x):
+            return self.encoder(x.flatten(1))[:, :4]
+
+        def loss(self, batch, step=None):
+            return {"loss": self.encode(batch).pow(2).mean()}
+
+        def save_pretrained(self, directory, metadata=None):
+            return zoo.Autoencoder.save_pretrained(self, directory, metadata)
+
+    report = check_architecture(EncoderOnly, workdir=tmp_path)
+    assert "evaluation" not in report.passed and report.skipped == [
+        "evaluation: no `zoo eval` metric set applies; declare 'reconstruct' (for the default reconstruction "
+        "metrics) or register a metric set"]
+
+
+def test_a_sampling_reconstruction_is_not_mistaken_for_batch_dependence(tmp_path):
+    class Noisy(Broken):
+        architecture = "noisy-ae"
+        tasks = ("reconstruct",)
+
+        def reconstruct(self, x):
+            return (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+
+        def loss(self, batch, step=None):
+            return {"loss": (self.decoder(self.encoder(batch.flatten(1))[:, :4]) - batch.flatten(1)).pow(2).mean()}
+
+        def save_pretrained(self, directory, metadata=None):
+            return zoo.Autoencoder.save_pretrained(self, directory, metadata)
+
+    assert "tasks" in check_architecture(Noisy, workdir=tmp_path).passed
