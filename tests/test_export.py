@@ -24,7 +24,12 @@ from zoo.plugins import get_host
 from zoo.tasks import TASKS
 
 N_IMAGES = 64
+#: |ORT - torch| <= TOLERANCE + RELATIVE * max|torch|. The relative part matters only for large outputs:
+#: a VAE's anomaly score is a float32 decoder's logits summed over 784 pixels (~100-300 nats), and PyTorch
+#: alone gives scores 1.4e-4 apart for the same image at batch 1 and batch 64 on this CPU (different GEMM
+#: kernels), while ONNX Runtime's agree exactly; 1e-6 of the score bounds that float32 noise.
 TOLERANCE = 1e-4
+RELATIVE = 1e-6
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,7 +70,7 @@ def graph_inputs(model, task: str, images: torch.Tensor) -> torch.Tensor:
 
 
 def parity(folder: Path, model, images: torch.Tensor) -> dict[str, tuple[float, float, float]]:
-    """Per graph: max |ORT - torch| (each image at batch 1, all 64 at once) and the tolerance (1e-4)."""
+    """Per graph: max |ORT - torch| (each image at batch 1, all 64 at once) and the tolerance for it."""
     import onnxruntime
 
     figures = {}
@@ -74,7 +79,9 @@ def parity(folder: Path, model, images: torch.Tensor) -> dict[str, tuple[float, 
         sess = session(folder / entry["file"], onnxruntime)
         x = graph_inputs(model, entry["task"], images)
         single = max(max_abs_diff(sess, module, x[i : i + 1]) for i in range(len(x)))
-        figures[entry["task"]] = (single, max_abs_diff(sess, module, x), TOLERANCE)
+        with torch.no_grad():
+            scale = float(module(x).abs().max())
+        figures[entry["task"]] = (single, max_abs_diff(sess, module, x), TOLERANCE + RELATIVE * scale)
     return figures
 
 
