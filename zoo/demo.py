@@ -15,16 +15,9 @@ import torch
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int, scale: int = 3) -> Path:
     """Save (N, C, H, W) images in [0, 1] as one PNG grid, upscaled ``scale`` times (nearest)."""
-    from PIL import Image
-    from torchvision.utils import make_grid
+    from zoo.images import write_grid
 
-    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy())
-    image = Image.fromarray(array if array.shape[2] == 3 else array[:, :, 0])
-    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return write_grid(images, path, nrow=nrow, scale=scale)
 
 
 @torch.no_grad()
@@ -34,6 +27,7 @@ def figures(model, test_images: torch.Tensor | None, out: Path, seed: int = 0, n
     ``test_images``: uint8 (N, C, H, W) real images, or None to skip the figures that need them.
     """
     from zoo.components.color import rgb_to_gray
+    from zoo.latents import interpolation, manifold_codes
 
     model = model.eval()
     dev = model.device
@@ -58,14 +52,10 @@ def figures(model, test_images: torch.Tensor | None, out: Path, seed: int = 0, n
         paths["reconstructions"] = save_grid(rows, out / "reconstructions.png", nrow=16)
     if x is not None and {"encode", "decode"} <= set(model.tasks) and tuple(x.shape[1:]) == tuple(model.input_shape):
         z = model.encode(x[:2])
-        steps = torch.linspace(0, 1, 10, device=dev).unsqueeze(1)
-        path = z[0] * (1 - steps) + z[1] * steps
+        path = interpolation(z[0], z[1], 10)
         paths["interpolation"] = save_grid(model.decode(path), out / "interpolation.png", nrow=10)
     if model.latent_dim == 2 and "decode" in model.tasks:
-        from torch.distributions import Normal
-
-        grid = Normal(0.0, 1.0).icdf(torch.linspace(0.03, 0.97, 16))
-        zs = torch.stack(torch.meshgrid(grid.flip(0), grid, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
+        zs = manifold_codes(16)
         paths["manifold"] = save_grid(model.decode(zs.to(dev)), out / "manifold.png", nrow=16, scale=2)
     return paths
 

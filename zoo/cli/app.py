@@ -15,6 +15,8 @@ COMMAND_MODULES = {
     "eval": "evaluate", "package": "serve", "serve": "serve", "predict": "serve", "publish": "publish",
     "card": "publish", "export": "export", "compress": "compress", "decompress": "compress",
     "new-plugin": "scaffold",
+    "sample": "local", "reconstruct": "local", "denoise": "local", "colorize": "local", "encode": "local",
+    "interpolate": "local", "manifold": "local",
 }
 
 

@@ -28,7 +28,8 @@ def _progress(items: list, label: str):
 def compress_command(name, inputs, out, step, bits, inactive_std):
     """Compress PNG/JPEG files, folders or globs IN... with model NAME into OUT/<stem>.zae."""
     from zoo.compression import SUFFIX, Codec
-    from zoo.compression.images import expand_inputs, read_image
+    from zoo.compression.images import read_image
+    from zoo.images import expand_inputs
 
     if step is not None and bits is not None:
         raise click.UsageError("give --step or --bits, not both")
@@ -55,7 +56,8 @@ def decompress_command(files, out, model_name):
     """Restore .zae files, folders or globs FILE... to OUT/<stem>.png with the model each file names."""
     from zoo.compression import SUFFIX, Codec
     from zoo.compression.format import unpack
-    from zoo.compression.images import expand_inputs, write_png
+    from zoo.compression.images import write_png
+    from zoo.images import expand_inputs
 
     import zoo
 

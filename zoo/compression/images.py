@@ -1,36 +1,12 @@
 """Image files in and out of the codecs: expanding inputs, reading to tensors, writing PNGs."""
 
-import glob
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from zoo.errors import ZooError
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
-
-
-class ImageInputError(ZooError):
-    """An input path matches no image, or a file is not a readable image."""
-
-
-def expand_inputs(inputs: list[str], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[Path]:
-    """Files named by ``inputs`` (files, folders searched recursively, glob patterns), sorted, without repeats."""
-    found: dict[Path, None] = {}
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-        elif path.is_file():
-            matches = [path]
-        else:
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-        if not matches:
-            raise ImageInputError(f"{item}: no such file, and no {'/'.join(sorted(suffixes))} files match it")
-        found.update(dict.fromkeys(matches))
-    return list(found)
+from zoo.images import ImageInputError
 
 
 def read_image(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
