@@ -170,9 +170,11 @@ def _resolve(architecture: type | str) -> type:
 
 
 def _raised(exc: BaseException) -> str:
-    """'raised TypeError: ... (at file.py:12 in fn)' pointing at the innermost frame."""
+    """'raised TypeError: ... (at file.py:12 in fn)', at the innermost frame outside torch (the author's code)."""
+    torch_dir = str(Path(torch.__file__).parent)
     frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    own = [f for f in frames if not f.filename.startswith(torch_dir)] or frames
+    where = f" (at {Path(own[-1].filename).name}:{own[-1].lineno} in {own[-1].name})" if own else ""
     text = " ".join(str(exc).split())
     return f"raised {type(exc).__name__}: {text[:400]}{where}"
 
