@@ -8,11 +8,15 @@ class CompressedFileError(ZooError):
 
 
 class NotCompressedFileError(CompressedFileError):
-    """The file does not start with the ``.zae`` magic bytes, or has an unknown format version."""
+    """The file does not start with the ``.zae`` magic bytes."""
+
+
+class UnsupportedVersionError(NotCompressedFileError):
+    """The file is a ``.zae`` file of a format version this ae-zoo does not read."""
 
 
 class TruncatedFileError(CompressedFileError):
-    """The file ends before the header, payload or checksum it declares."""
+    """The file ends before the length its header declares, or inside the header."""
 
 
 class CorruptFileError(CompressedFileError):
@@ -21,3 +25,11 @@ class CorruptFileError(CompressedFileError):
 
 class ModelMismatchError(CompressedFileError):
     """The file was written with a model whose weights differ from the model given to decompress it."""
+
+
+class DecoderMismatchError(CompressedFileError):
+    """The decoded image does not match the checksum stored when it was compressed.
+
+    The residual layer is coded against the model's prediction; this machine computed a
+    different one than the machine that wrote the file (another CPU, torch or library build).
+    """
