@@ -43,6 +43,8 @@ class ModelSpec:
     input_shape: tuple[int, int, int]
     latent_dim: int | None
     options: Options = field(default_factory=Options)
+    #: Calibrated thresholds of scalar tasks (``anomaly.json``): a reply of such a task adds the verdict.
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
     def image_bytes(self) -> int:
@@ -57,6 +59,15 @@ class ModelSpec:
 
     def output_kind(self, task: str) -> str:
         return self.kinds[task].output
+
+    def threshold(self, task: str) -> float | None:
+        """The calibrated threshold of ``task``, or None when its replies carry no verdict."""
+        return self.thresholds.get(task)
+
+    @staticmethod
+    def anomalous(score: float, threshold: float) -> bool:
+        """The verdict: anomalous when the score is above the threshold or is not a finite number."""
+        return not (math.isfinite(score) and score <= threshold)
 
     # Tasks ------------------------------------------------------------------------------------
 

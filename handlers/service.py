@@ -84,6 +84,20 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def read_calibration(model_dir: Path):
+    """The archive's ``anomaly.json`` (checked against its ``model.safetensors``), or None when it has none.
+
+    A calibration made for other weights, or an unreadable one, stops the model from loading:
+    serving verdicts against the wrong threshold would be worse than serving none.
+    """
+    from zoo.anomaly import CalibrationError, load_calibration
+
+    try:
+        return load_calibration(model_dir)
+    except CalibrationError as exc:
+        raise RuntimeError(f"the archive's anomaly calibration is unusable: {exc}") from None
+
+
 class MissingDependencyError(RuntimeError):
     """The plugin's own dependencies, listed in the archive's manifest, are not available to this Python."""
 
@@ -167,7 +181,7 @@ class ZooService:
     """A loaded model plus everything needed to answer batches of requests in any wire protocol."""
 
     def __init__(self, model, device: torch.device, options: Options | None = None, name: str | None = None,
-                 version: str = DEFAULT_VERSION):
+                 version: str = DEFAULT_VERSION, calibration=None):
         from zoo.tasks import TASKS
 
         self.model = model
@@ -175,8 +189,16 @@ class ZooService:
         self.options = options or Options()
         self.name = name or model.architecture
         self.tasks = tuple(model.tasks)
+        #: The model's anomaly calibration (:class:`zoo.anomaly.Calibration`), or None: replies carry no verdict.
+        self.calibration = calibration
+        thresholds = {}
+        if calibration is not None:
+            from zoo.anomaly import check_model
+
+            check_model(calibration, model, f"the anomaly calibration of {self.name}")
+            thresholds[calibration.task] = calibration.threshold
         self.spec = ModelSpec(self.name, version, self.tasks, {t: TASKS[t] for t in self.tasks},
-                              tuple(model.input_shape), model.latent_dim, self.options)
+                              tuple(model.input_shape), model.latent_dim, self.options, thresholds)
         self.autocast = bool(self.options.half and device.type == "cuda")
         if self.options.half and not self.autocast:
             logger.warning("half precision requested but the device is %s; staying in float32", device)
@@ -194,13 +216,28 @@ class ZooService:
         check_dependencies(model_dir, manifest, name)
         options = Options.from_yaml((yaml_config or {}).get("handler"))
         device = select_device(gpu_id)
+        calibration = read_calibration(model_dir)
         model = build_model(model_dir, manifest.get("plugins", []), device)
+        if calibration is not None:
+            logger.info("anomaly calibration: %s threshold %r at FPR %r", calibration.task, calibration.threshold,
+                        calibration.fpr)
         return cls(model, device, options, name=name or manifest.get("model_name"),
-                   version=version or DEFAULT_VERSION)
+                   version=version or DEFAULT_VERSION, calibration=calibration)
 
     # Running ------------------------------------------------------------------------------
 
     def _eager_runner(self, task: str):
+        calibration = self.calibration
+        if calibration is not None and calibration.task == task and calibration.score != task:
+            # the calibrated score (from tasks the model declares): the verdict must be about that score
+            from zoo.anomaly import scorer
+
+            score = scorer(self.model, calibration.score)
+
+            def run_score(inputs, generator=None):
+                return score(inputs)
+            return run_score
+
         def run(inputs, generator=None):
             return self.model.run_task(task, inputs, generator=generator)
         return run

@@ -1,6 +1,7 @@
 """Model cards: a model folder's ``README.md``, rendered with huggingface_hub's ModelCard conventions.
 
 The card is built from what the folder holds: ``config.json`` (architecture and config),
+``anomaly.json`` (the anomaly threshold ``zoo anomaly fit`` stored, when there is one),
 ``eval.json`` (what ``zoo eval --out`` writes: the numbers go to the YAML ``model-index`` exactly,
 and to a table), ``recipe.json`` (what ``zoo train`` writes) and any sample images. Everything
 model-specific comes from those files, the architecture's declarations and the dataset registry,
@@ -279,8 +280,28 @@ def card_context(folder: str | Path, *, name: str | None = None, repo_id: str | 
         "recipe": {"command": recipe.get("command", ""), "rows": _recipe_rows(recipe)} if recipe else None,
         "limitations": limitations, "license_text": "the Apache License 2.0",
         "data_license": DATA_TERMS.get(dataset or ""),
+        "anomaly": _anomaly_context(folder, model),
     }
     return data, context
+
+
+def _anomaly_context(folder: Path, model) -> dict[str, Any] | None:
+    """The stored anomaly threshold (``anomaly.json``, checked against the weights), or None without one."""
+    from zoo.anomaly import CALIBRATION_NAME, check_model, load_calibration
+
+    calibration = load_calibration(folder)
+    if calibration is None:
+        return None
+    check_model(calibration, model, str(folder / CALIBRATION_NAME))
+    data = calibration.data
+    labels = data.get("labels")
+    what = f"`{data.get('dataset', '?')}`, split `{data.get('split', '?')}`" + (
+        f", label{'s' if len(labels) > 1 else ''} {', '.join(map(str, labels))}" if labels else "")
+    return {"file": CALIBRATION_NAME, "task": calibration.task, "threshold": f"{calibration.threshold:.6g}",
+            "fpr": f"{calibration.fpr:g}", "observed": f"{calibration.calibration_fpr:.4g}", "n": calibration.n,
+            "data": cell(what), "score": cell(calibration.score), "checksum": data.get("images_sha256", ""),
+            "note": cell(data["note"]) if data.get("note") else None,
+            "command": calibration.command or f"zoo anomaly fit DIR --data {data.get('dataset', 'DATASET')}"}
 
 
 def render_card(folder: str | Path, *, name: str | None = None, repo_id: str | None = None,

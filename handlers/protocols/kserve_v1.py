@@ -3,7 +3,8 @@
 An instance is a base64 PNG/JPEG string, ``{"data": b64}`` or ``{"b64": b64}`` (optionally with a
 ``"task"``), a pixel array in [0, 1] shaped (C, H, W), (H, W) or flat, or a native JSON object such
 as ``{"task": "sample", "n": 2}``. Bare images and pixel arrays run the model's default task. Each
-prediction is the native reply object for its instance. Any bad instance fails the whole request
+prediction is the native reply object for its instance (so a calibrated anomaly score comes as
+``{"model", "task", "scalar", "anomalous", "threshold"}``, as in the native protocol). Any bad instance fails the whole request
 with its 4xx and ``{"error": message}``.
 """
 

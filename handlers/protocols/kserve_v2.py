@@ -10,7 +10,10 @@ task the model's default task runs. One input carries the values, by the task's 
 - counts: an integer tensor ``[1]`` holding ``n``, or no input at all and ``parameters.n``.
 
 The one output is named after the task and keeps shapes: images ``FP32 [N, C, H, W]`` (``BYTES [N]``
-PNGs when they came as BYTES), vectors ``FP32 [N, D]``, scalars ``FP32 [N]``. Errors:
+PNGs when they came as BYTES), vectors ``FP32 [N, D]``, scalars ``FP32 [N]``. A scalar task with a
+calibrated threshold (``anomaly.json`` in the archive) adds a second output, ``anomalous``: ``BOOL [N]``
+verdicts (score above the threshold, or not finite), with ``parameters: {"threshold": t}``; a request's
+``outputs`` may ask for either or both. Errors:
 ``{"error": message}`` with the request's 4xx.
 """
 
@@ -33,6 +36,8 @@ INPUT_FIELDS = ("name", "shape", "datatype", "data", "parameters")
 FLOAT_TYPES = ("FP32", "FP64", "FP16")
 INT_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 MAX_ID = 256
+#: The extra output of a scalar task with a calibrated threshold (``anomaly.json``): one verdict per item.
+VERDICT_OUTPUT = "anomalous"
 
 
 def parse(body: dict, request: Request, spec: ModelSpec) -> Parsed:
@@ -63,13 +68,19 @@ def parse(body: dict, request: Request, spec: ModelSpec) -> Parsed:
         else:
             values, as_bytes = _latents(tensor, spec), False
         jobs = [Job(task, value) for value in values]
-    _check_requested_outputs(body.get("outputs"), task)
+    wanted = _check_requested_outputs(body.get("outputs"), task, spec)
     reply_id = request_id if request_id is not None else uuid.uuid4().hex
 
     def render(outputs: list[torch.Tensor]) -> Reply:
         batch = outputs[0] if kind == "count" else torch.stack(outputs)
+        tensors = [_output(task, spec.output_kind(task), batch, as_bytes)]
+        threshold = spec.threshold(task)
+        if threshold is not None:
+            tensors.append(_verdicts(batch, threshold, spec))
+        if wanted is not None:
+            tensors = [t for t in tensors if t["name"] in wanted]
         return Reply(200, dumps({"model_name": spec.name, "model_version": spec.version, "id": reply_id,
-                                 "outputs": [_output(task, spec.output_kind(task), batch, as_bytes)]}))
+                                 "outputs": tensors}))
 
     return Parsed(jobs, render)
 
@@ -179,17 +190,28 @@ def _check_count(n: int, spec: ModelSpec) -> None:
         raise RequestError(f"{n} items are more than this model's limit of {spec.options.max_items} per request", 413)
 
 
-def _check_requested_outputs(value: Any, task: str) -> None:
+def _check_requested_outputs(value: Any, task: str, spec: ModelSpec) -> set[str] | None:
+    """The names of the outputs the request asks for (None: all of them), each one the task has."""
     if value is None:
-        return
+        return None
     if not isinstance(value, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in value):
         raise RequestError("\"outputs\" must be a list of objects with a \"name\"")
-    wrong = [o["name"] for o in value if o["name"] != task]
+    available = [task] + ([VERDICT_OUTPUT] if spec.threshold(task) is not None else [])
+    wrong = [o["name"] for o in value if o["name"] not in available]
     if wrong:
-        raise RequestError(f"unknown output(s) {names(wrong)}; task {task!r} has one output, {task!r}")
+        has = f"one output, {task!r}" if len(available) == 1 else f"the outputs {names(available)}"
+        raise RequestError(f"unknown output(s) {names(wrong)}; task {task!r} has {has}")
+    return {o["name"] for o in value} if value else None
 
 
 # Replies ----------------------------------------------------------------------------------------
+
+
+def _verdicts(batch: torch.Tensor, threshold: float, spec: ModelSpec) -> dict[str, Any]:
+    """The BOOL output of a calibrated scalar task: each score above the threshold (or not finite)."""
+    scores = batch.reshape(len(batch)).tolist()
+    return {"name": VERDICT_OUTPUT, "shape": [len(scores)], "datatype": "BOOL",
+            "data": [spec.anomalous(s, threshold) for s in scores], "parameters": {"threshold": threshold}}
 
 
 def _output(task: str, kind: str, batch: torch.Tensor, as_bytes: bool) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Request: image bytes, or ``{"task": ..., "image": <base64>}`` / ``{"task": ..., "latent": [...]}`` /
 ``{"task": ..., "n": ..., "seed": ...}``, by the task's input kind. Reply: ``{"model", "task"}`` plus
-``image`` (base64 PNG), ``images`` (several, for a count), ``vector`` or ``scalar``. With
+``image`` (base64 PNG), ``images`` (several, for a count), ``vector`` or ``scalar``; a scalar task with a
+calibrated threshold (``anomaly.json`` in the archive) adds ``anomalous`` (true when the score is above the
+threshold or not finite) and ``threshold``. With
 ``Accept: image/png`` a single-image reply comes back as the PNG itself, without base64 or JSON.
 Errors: ``{"code", "type", "message"}``.
 """
@@ -69,7 +71,12 @@ def reply_object(spec: ModelSpec, job: Job, output: torch.Tensor) -> dict[str, A
     elif kind == "vector":
         reply["vector"] = floats(output.flatten())
     else:
-        reply["scalar"] = floats(output.reshape(1))[0]
+        score = output.reshape(1)
+        reply["scalar"] = floats(score)[0]
+        threshold = spec.threshold(job.task)
+        if threshold is not None:
+            reply["anomalous"] = spec.anomalous(float(score[0]), threshold)
+            reply["threshold"] = threshold
     if kind == "image":
         reply["content_type"] = "image/png"
     return reply

@@ -17,6 +17,7 @@ COMMAND_MODULES = {
     "new-plugin": "scaffold",
     "sample": "local", "reconstruct": "local", "denoise": "local", "colorize": "local", "encode": "local",
     "interpolate": "local", "manifold": "local",
+    "anomaly": "anomaly",
 }
 
 

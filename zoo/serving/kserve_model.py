@@ -111,7 +111,10 @@ class ZooKServeModel(kserve.Model):
         return [types[k] for k in ("image", "latent", "count") if k in kinds]
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": task, "datatype": "FP32", "shape": [-1]} for task in self.service.spec.tasks]
+        types = [{"name": task, "datatype": "FP32", "shape": [-1]} for task in self.service.spec.tasks]
+        if self.service.calibration is not None:  # anomaly-score replies also carry the verdict
+            types.append({"name": "anomalous", "datatype": "BOOL", "shape": [-1]})
+        return types
 
 
 def v2_body(request: InferRequest) -> dict[str, Any]:
@@ -150,7 +153,8 @@ def v2_response(reply: dict[str, Any], grpc: bool) -> InferResponse:
         data = out["data"]
         if out["datatype"] == "BYTES" and grpc:
             data = [base64.b64decode(d) for d in data]
-        outputs.append(InferOutput(name=out["name"], shape=out["shape"], datatype=out["datatype"], data=data))
+        outputs.append(InferOutput(name=out["name"], shape=out["shape"], datatype=out["datatype"], data=data,
+                                   parameters=out.get("parameters")))
     return InferResponse(response_id=reply["id"], model_name=reply["model_name"], model_version=reply["model_version"],
                          infer_outputs=outputs, from_grpc=grpc)
 

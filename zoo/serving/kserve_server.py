@@ -49,9 +49,12 @@ def load_service(model_dir: str, name: str):
         sys.path.append(str(unpacked))
         return ZooService.from_model_dir(unpacked, gpu_id=0, name=name)
     import zoo
+    from zoo.anomaly import load_calibration
+    from zoo.api import checkpoint_folder
 
     device = select_device(0)
-    return ZooService(zoo.load(model_dir, device=device), device, name=name)
+    folder = checkpoint_folder(model_dir)
+    return ZooService(zoo.load(folder, device=device), device, name=name, calibration=load_calibration(folder))
 
 
 def bind_to(host: str) -> None:

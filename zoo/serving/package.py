@@ -2,7 +2,8 @@
 
 The archive holds, at its root (which TorchServe puts on ``sys.path``):
 
-- ``model.safetensors`` and ``config.json``: the checkpoint;
+- ``model.safetensors`` and ``config.json``: the checkpoint, and its ``anomaly.json`` when it has
+  been calibrated with ``zoo anomaly fit`` (the handler then adds verdicts to anomaly-score replies);
 - ``zoo_handler.py``: the handler (one class) and ``zoo_handlers/``: its helpers;
 - ``zoo/``: the zoo core source (without the CLI and the plugin-author tools);
 - the top-level package of every plugin module that provides the architecture,
@@ -42,6 +43,9 @@ from typing import Any
 
 from zoo.errors import ZooError
 from zoo_handlers import SERVING_MANIFEST
+
+#: The anomaly calibration file (:mod:`zoo.anomaly`) that goes into the archive beside config.json.
+CALIBRATION_NAME = "anomaly.json"
 
 #: What a TorchServe environment needs to serve a zoo archive (and what the README names).
 RUNTIME_REQUIREMENTS = ("torch", "torchserve", "pluggy", "safetensors", "pillow", "pyyaml")
@@ -433,6 +437,9 @@ def stage(source: Source, options: PackageOptions, directory: Path,
             shutil.copy2(path, extra / f"{top}.py")
         shipped.append(top)
     shutil.copy2(source.folder / "config.json", extra / "config.json")
+    calibration = _calibration(source)
+    if calibration is not None:
+        shutil.copy2(source.folder / CALIBRATION_NAME, extra / CALIBRATION_NAME)
     if dependencies is None:
         dependencies = plan_dependencies(source.distributions, options.deps)
     _copy_bundled(dependencies, extra)
@@ -446,6 +453,7 @@ def stage(source: Source, options: PackageOptions, directory: Path,
         "max_body_bytes": body_limit(source, options),
         "dependency_mode": options.deps,
         "dependencies": [d.manifest() for d in dependencies],
+        "anomaly_calibration": CALIBRATION_NAME if calibration is not None else None,
     }
     (extra / SERVING_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     config = directory / "model-config.yaml"
@@ -459,6 +467,24 @@ def stage(source: Source, options: PackageOptions, directory: Path,
         files["requirements"].write_text("# Written by `zoo package --deps requirements`: the plugin's own "
                                          "dependencies.\n" + "".join(f"{d.requirement()}\n" for d in unbundled))
     return files
+
+
+def _calibration(source: Source):
+    """The checkpoint's anomaly calibration (checked to belong to its weights and model), or None."""
+    from zoo.anomaly import CalibrationError, check_model, load_calibration
+
+    try:
+        calibration = load_calibration(source.folder)
+        if calibration is not None:
+            from zoo.checkpoint import read_config
+            from zoo.plugins import get_host
+
+            _, config = read_config(source.folder)
+            cls = get_host().registry.architecture(source.architecture)
+            check_model(calibration, cls(cls.config_class.from_dict(config)), str(source.folder / CALIBRATION_NAME))
+    except CalibrationError as exc:
+        raise ServingError(f"cannot package {source.name} with its anomaly calibration: {exc}") from None
+    return calibration
 
 
 #: Names at the archive's root besides the staged extra files; a bundled file may not take one.
@@ -575,6 +601,9 @@ def _source_files(source: Source, dependencies: list[Dependency] = ()) -> list[P
     import zoo_handlers
 
     files = [source.folder / "config.json", source.folder / "model.safetensors"]
+    # the folder itself: adding or removing its anomaly.json changes its mtime, and so does replacing it
+    files += [source.folder] + ([source.folder / CALIBRATION_NAME] if (source.folder / CALIBRATION_NAME).is_file()
+                                else [])
     roots = [Path(zoo.__file__).parent, Path(zoo_handlers.__file__).parent] + [path for _, path in source.packages]
     for root in roots:
         found = sorted(root.rglob("*")) if root.is_dir() else [root]
