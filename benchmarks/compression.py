@@ -43,6 +43,7 @@ RESIDUAL_LATENT_STEP = 0.25
 QUALITIES = {"JPEG": (1, 5, 10, 20, 30, 50, 70, 90, 100), "WEBP": (0, 5, 10, 20, 30, 50, 70, 90, 100)}
 CAP = 100.0  # dB for identical images, as zoo.evaluation.metrics.psnr
 FIGURE = Path(__file__).with_suffix(".png")
+CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 
 
 def quality(originals: np.ndarray, decoded: np.ndarray) -> dict:
@@ -162,23 +163,35 @@ def check_targets(points: list[dict]) -> list[str]:
     return lines
 
 
-def card_lines(points: list[dict], count: int, start: int = 0) -> list[str]:
+def card_lines(points: list[dict], count: int, start: int = 0) -> dict[str, str]:
     """One rate-distortion line per model, for its model card."""
     png = next(p for p in points if p["codec"] == "PNG")["bytes"]
     webp_lossless = next(p for p in points if p["codec"] == "WEBP" and p["setting"] == "lossless")["bytes"]
-    lines = []
+    lines = {}
     for name in MODELS:
         ours = {p["setting"]: p for p in model_points(points, name)}
         latent = ours[f"--step {RESIDUAL_LATENT_STEP:g}"]
         mid = ours[f"--step {RESIDUAL_LATENT_STEP:g} --residual-step 8"]
         lossless = ours[f"--step {RESIDUAL_LATENT_STEP:g} --residual-step 1"]
-        lines.append(
-            f"{name}: as an image codec (`zoo compress`, {'first ' if not start else f'from #{start}, '}{count} MNIST test images, "
-            f"mean bytes per file with headers): "
+        lines[name] = (
+            f"As an image codec (`zoo compress`, {'first ' if not start else f'from #{start}, '}{count} MNIST test "
+            f"images, mean bytes per file with headers): "
             f"latent only {latent['bytes']:.0f} B at {latent['psnr']:.1f} dB PSNR / {latent['ssim']:.3f} SSIM "
             f"({png / latent['bytes']:.1f}x smaller than PNG); `--residual-step 8` {mid['bytes']:.0f} B at "
-            f"{mid['psnr']:.1f} dB; `--lossless` {lossless['bytes']:.0f} B (PNG {png:.0f} B, WebP lossless {webp_lossless:.0f} B)")
+            f"{mid['psnr']:.1f} dB; `--lossless` {lossless['bytes']:.0f} B (PNG {png:.0f} B, WebP lossless "
+            f"{webp_lossless:.0f} B).")
     return lines
+
+
+def write_card_entries(lines: dict[str, str]) -> None:
+    """Put each model's line into its folder's applications.json, which `zoo card` renders on the card."""
+    for name, line in lines.items():
+        path = CARDS / name / "applications.json"
+        entries = json.loads(path.read_text()) if path.is_file() else {}
+        entries["compression"] = {"title": "Compression", "lines": [line],
+                                  "command": ".venv/bin/python benchmarks/compression.py --cards"}
+        path.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {path}")
 
 
 # ------------------------------------------------------------------------------------------ figure
@@ -239,6 +252,8 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="index of the first test image (default 0)")
     parser.add_argument("--json", type=Path, default=None, help="also write every point to this JSON file")
     parser.add_argument("--figure", type=Path, default=FIGURE, help="where to draw the curves")
+    parser.add_argument("--cards", action="store_true",
+                        help="write each model's line into model_cards/NAME/applications.json (then `zoo card NAME`)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = zoo.data.load("mnist", "test")
@@ -260,7 +275,10 @@ def main() -> None:
     draw(points, args.figure)
     print(f"rate-distortion curves: {args.figure}")
     print("\n".join(check_targets(points)))
-    print("\nmodel card lines:\n" + "\n".join(card_lines(points, count, start)))
+    lines = card_lines(points, count, start)
+    print("\nmodel card lines:\n" + "\n".join(f"{name}: {line}" for name, line in lines.items()))
+    if args.cards:
+        write_card_entries(lines)
     if args.json:
         args.json.write_text(json.dumps(dict(start=start, images=count, points=points), indent=1))
 

@@ -227,3 +227,14 @@ def test_committed_card_agrees_with_its_eval_results(folder, tmp_path):
     copy = Path(shutil.copytree(folder, tmp_path / folder.name))
     write_card(copy, name=folder.name, repo_id=f"ae-zoo/{folder.name}", registered=True)
     assert (copy / "README.md").read_text() == (folder / "README.md").read_text()
+
+
+def test_benchmark_results_in_applications_json_reach_the_card_with_their_command(tmp_path):
+    folder = colorizer_folder(tmp_path)
+    entry = {"title": "Compression", "lines": ["42 B at 20.7 dB"], "command": "python benchmarks/compression.py --cards"}
+    (folder / "applications.json").write_text(json.dumps({"compression": entry}))
+    text = render_card(folder)
+    assert "## Compression\n\n- 42 B at 20.7 dB\n\nReproduce: `python benchmarks/compression.py --cards`" in text
+    (folder / "applications.json").write_text(json.dumps({"compression": {"title": "x"}}))
+    with pytest.raises(zoo.errors.ZooError, match="entry 'compression' needs a title, lines and the command"):
+        render_card(folder)

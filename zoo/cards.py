@@ -21,6 +21,7 @@ from zoo.metrics import fill
 CARD_NAME = "README.md"
 EVAL_NAME = "eval.json"
 RECIPE_NAME = "recipe.json"
+APPLICATIONS_NAME = "applications.json"
 TEMPLATE_NAME = "template.md"
 LIBRARY_NAME = "ae-zoo"
 LICENSE = "apache-2.0"
@@ -281,8 +282,22 @@ def card_context(folder: str | Path, *, name: str | None = None, repo_id: str | 
         "limitations": limitations, "license_text": "the Apache License 2.0",
         "data_license": DATA_TERMS.get(dataset or ""),
         "anomaly": _anomaly_context(folder, model),
+        "applications": _applications(folder),
     }
     return data, context
+
+
+def _applications(folder: Path) -> list[dict[str, Any]]:
+    """What benchmarks measured with this model (``applications.json``): a title, result lines and the command.
+
+    The file maps a key (e.g. ``compression``) to ``{"title", "lines", "command"}``; a benchmark in
+    ``benchmarks/`` writes its entry, so each number on the card says how to reproduce it.
+    """
+    entries = read_json(folder / APPLICATIONS_NAME) or {}
+    for key, entry in entries.items():
+        if not (isinstance(entry, dict) and {"title", "lines", "command"} <= entry.keys()):
+            raise ZooError(f"{folder / APPLICATIONS_NAME}: entry {key!r} needs a title, lines and the command")
+    return [entries[key] for key in sorted(entries)]
 
 
 def _anomaly_context(folder: Path, model) -> dict[str, Any] | None:
