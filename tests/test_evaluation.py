@@ -3,9 +3,11 @@
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
 import zoo
@@ -421,3 +423,389 @@ def test_cli_eval_help_describes_metric_sets_and_plugins():
     text = CliRunner().invoke(main, ["eval", "--help"]).output
     for phrase in ("reconstruction", "register_metrics", "likelihood", "PSNR"):
         assert phrase in text
+
+
+# The IWAE bound: tiled decoder passes, fast paths, progress, automatic sizes and threads ---------
+
+
+def reference_iwae(model, x, k, generator, chunk):
+    """log p(x) by the IWAE bound, one image and one sample at a time, from the formulas alone.
+
+    The noise is drawn the way the method documents it: one randn((size, N, latent)) per block of
+    ``chunk`` samples, so the same generator state gives the same draws.
+    """
+    mu, logvar = model.posterior(x)
+    eps = torch.cat([torch.randn((min(chunk, k - start), *mu.shape), generator=generator, dtype=mu.dtype)
+                     for start in range(0, k, chunk)])
+    out = []
+    for i in range(len(x)):
+        log_w = []
+        for j in range(k):
+            z = mu[i] + torch.exp(0.5 * logvar[i]) * eps[j, i]
+            logits = model.decoder_logits(z[None])[0]
+            if model.config.likelihood == "bernoulli":
+                log_px_z = -F.binary_cross_entropy_with_logits(logits, x[i], reduction="sum")
+            else:
+                sigma = model.config.observation_sigma
+                log_px_z = (-0.5 * ((x[i] - torch.sigmoid(logits)) / sigma) ** 2
+                            - math.log(sigma) - 0.5 * math.log(2 * math.pi)).sum()
+            log_p_z = (-0.5 * z ** 2 - 0.5 * math.log(2 * math.pi)).sum()
+            log_q_z = (-0.5 * eps[j, i] ** 2 - 0.5 * logvar[i] - 0.5 * math.log(2 * math.pi)).sum()
+            log_w.append(log_px_z + log_p_z - log_q_z)
+        out.append(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
+    return torch.stack(out)
+
+
+def tiny_vaes():
+    torch.manual_seed(0)
+    return {
+        "dense": zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=3),
+        # channels [8], 2 output channels: its last convolution (8 -> 2, 3x3: 18 taps > 8) stays oneDNN's
+        "conv-gaussian": zoo.create("conv-vae", image_channels=2, image_size=8, channels=[8], hidden=16,
+                                    latent_dim=3, likelihood="gaussian", activation="elu"),
+        # 32 -> 1 channels at the end, as conv-vae-mnist: the narrow-convolution fast path
+        "conv": zoo.create("conv-vae", image_size=8, channels=[32, 32], hidden=0, latent_dim=4),
+    }
+
+
+@pytest.fixture(scope="module")
+def vaes():
+    models = tiny_vaes()
+    for model in models.values():
+        model.double().eval()
+    return models
+
+
+def binary_images(model, n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *model.input_shape), generator=g, dtype=torch.float64)
+    return (x > 0.5).double() if model.config.likelihood == "bernoulli" else x
+
+
+@pytest.mark.parametrize("name", ["dense", "conv", "conv-gaussian"])
+@pytest.mark.parametrize("n, k, chunk, max_pass", [
+    (5, 7, 3, None),    # k not a multiple of chunk, one pass per block
+    (5, 10, 4, 5),      # a pass of one sample for each of the 5 images
+    (5, 10, 10, 1),     # one decoder sample per pass
+    (6, 13, 5, 17),     # passes of whole rows (2 samples x 6 images), blocks not a multiple of the pass
+    (7, 9, 9, 4),       # passes of part of a row
+    (3, 1, 1, None),    # k = 1: the ELBO estimate
+])
+def test_the_iwae_bound_matches_a_one_sample_at_a_time_reference(vaes, name, n, k, chunk, max_pass):
+    model = vaes[name]
+    x = binary_images(model, n)
+    got = model.importance_weighted_log_likelihood(x, k, generator=torch.Generator().manual_seed(4), chunk=chunk,
+                                                   max_pass=max_pass)
+    with torch.no_grad():
+        want = reference_iwae(model, x, k, torch.Generator().manual_seed(4), chunk)
+    assert got.dtype == torch.float64 and got.shape == (n,)
+    assert torch.allclose(got, want, rtol=0, atol=1e-9), (got - want).abs().max()
+
+
+def test_the_iwae_bound_does_not_depend_on_the_pass_size_and_reports_progress(vaes):
+    model = vaes["conv"]
+    x = binary_images(model, 6)
+    values, reported = [], []
+    for max_pass in (None, 1, 4, 6, 7, 100):
+        done = []
+        values.append(model.importance_weighted_log_likelihood(x, 11, generator=torch.Generator().manual_seed(0),
+                                                               chunk=4, max_pass=max_pass, progress=done.append))
+        reported.append(sum(done))
+        assert max(done) * 11 <= (max_pass or 24)  # no pass held more than max_pass samples
+    assert all(torch.allclose(v, values[0], rtol=0, atol=1e-9) for v in values)
+    assert reported == pytest.approx([6.0] * 6)  # images' worth of samples: all of them, once
+
+
+def test_the_iwae_fast_paths_leave_the_model_as_it_was(vaes, tmp_path):
+    model = zoo.create("conv-vae", image_size=8, channels=[32, 32], hidden=0, latent_dim=4).eval()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    model.importance_weighted_log_likelihood(binary_images(model, 3).float(), 5)
+    assert all(p.is_contiguous() for p in model.parameters())  # channels-last only during the call
+    assert not any(m.inplace for m in relus) and all("forward" not in vars(m) for m in model.modules())
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+    model.save_pretrained(tmp_path / "m")  # safetensors needs contiguous tensors
+    # Training afterwards still works: no inference tensors or in-place activations left behind.
+    loss = model.train().loss(binary_images(model, 3).float())["loss"]
+    loss.backward()
+
+
+def test_an_overridden_log_likelihood_is_used_by_the_iwae_bound(vaes):
+    base = vaes["dense"]
+
+    class Tempered(type(base)):
+        def log_likelihood(self, logits, x):
+            return 0.5 * super().log_likelihood(logits, x)
+
+    model = Tempered(base.config).double().eval()
+    model.load_state_dict(base.state_dict())
+    x = binary_images(model, 4)
+    got = model.importance_weighted_log_likelihood(x, 6, generator=torch.Generator().manual_seed(2), chunk=4,
+                                                   max_pass=3)
+    # The same bound computed from the tempered terms by hand.
+    mu, logvar = model.posterior(x)
+    g = torch.Generator().manual_seed(2)
+    eps = torch.cat([torch.randn((4, 4, 3), generator=g, dtype=torch.float64),
+                     torch.randn((2, 4, 3), generator=g, dtype=torch.float64)])
+    z = mu + torch.exp(0.5 * logvar) * eps
+    with torch.no_grad():
+        log_px_z = torch.stack([model.log_likelihood(model.decoder_logits(z[j]), x) for j in range(6)])
+    log_w = (log_px_z - 0.5 * (z ** 2).sum(-1) + 0.5 * (eps ** 2).sum(-1) + 0.5 * logvar.sum(-1))
+    assert torch.allclose(got, torch.logsumexp(log_w, 0) - math.log(6), rtol=0, atol=1e-9)
+
+
+def old_likelihood_set(model, images, *, k, seed, batch_size, chunk):
+    """The likelihood set as it was before the passes were tiled (the draws it makes are the contract)."""
+    from zoo.components import kl_standard_normal, log_normal_standard
+    from zoo.components.reparameterize import log_normal_diagonal
+
+    gen = torch.Generator().manual_seed(seed)
+    sums = {"nll_iwae": 0.0, "neg_elbo": 0.0, "reconstruction_bce": 0.0, "kl": 0.0}
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size]
+            mu, logvar = model.posterior(x)
+            log_weights = []
+            for s in range(0, k, chunk):
+                size = min(chunk, k - s)
+                z = mu + torch.exp(0.5 * logvar) * torch.randn((size, *mu.shape), generator=gen)
+                logits = model.decoder_logits(z.reshape(-1, mu.shape[-1]))
+                targets = x.unsqueeze(0).expand(size, *x.shape).reshape(-1, *x.shape[1:])
+                log_px_z = model.log_likelihood(logits, targets).view(size, -1)
+                log_weights.append(log_px_z + log_normal_standard(z) - log_normal_diagonal(z, mu, logvar))
+            log_px = torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+            recon = -model.log_likelihood(model.decoder_logits(z), x)
+            kl = kl_standard_normal(mu, logvar)
+            sums["nll_iwae"] += float(-log_px.double().sum())
+            sums["neg_elbo"] += float((recon + kl).double().sum())
+            sums["reconstruction_bce"] += float(recon.double().sum())
+            sums["kl"] += float(kl.double().sum())
+    return {key: value / len(images) for key, value in sums.items()}
+
+
+@pytest.mark.parametrize("batch_size, chunk", [(500, 100), (24, 7), (5, 3), (1, 1), (3, 100)])
+def test_the_likelihood_set_draws_as_before_whatever_the_batch_size_and_chunk(batch_size, chunk):
+    torch.manual_seed(0)
+    model = zoo.create("conv-vae", image_size=8, channels=[32, 32], hidden=0, latent_dim=4).eval()
+    data = dataset(1, 8)
+    got = evaluate(model, data, k=150, seed=3, batch_size=batch_size, chunk=chunk)["metrics"]
+    images = torch.bernoulli(data.images.float() / 255, generator=torch.Generator().manual_seed(3))
+    # The noise is drawn for blocks of 500 images and 100 samples: the old defaults' draws.
+    want = old_likelihood_set(model, images, k=150, seed=3, batch_size=500, chunk=100)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=2e-6, abs=1e-4), name
+
+
+def test_a_vae_plugin_with_the_old_iwae_signature_still_evaluates():
+    class OldStyle(type(zoo.create("dense-vae", image_size=8, hidden=[8], latent_dim=2))):
+        calls = []
+
+        def importance_weighted_log_likelihood(self, x, k, generator=None, chunk=100):
+            OldStyle.calls.append((len(x), chunk))
+            return super().importance_weighted_log_likelihood(x, k, generator=generator, chunk=chunk)
+
+    torch.manual_seed(0)
+    model = OldStyle(zoo.create("dense-vae", image_size=8, hidden=[8], latent_dim=2).config)
+    progress = []
+    result = evaluate(model, dataset(1, 8, n=10), k=6, batch_size=4, chunk=5,
+                      progress=lambda name, total: Recorder(name, total, progress))
+    assert OldStyle.calls == [(4, 5), (4, 5), (2, 5)]  # batch_size images at a time, chunk per pass, as before
+    assert math.isfinite(result["metrics"]["nll_iwae"])
+    assert [p.done for p in progress if p.name == "likelihood"] == [[4, 4, 2]]
+
+
+class Recorder:
+    """A progress 'bar' for evaluate(progress=factory): records what a metric set reports."""
+
+    def __init__(self, name, total, into):
+        self.name, self.total, self.done, self.finished, self.closed = name, total, [], False, False
+        into.append(self)
+
+    def update(self, images):
+        self.done.append(images)
+
+    def finish(self):
+        self.finished = True
+
+    def close(self):
+        self.closed = True
+
+
+def test_evaluate_reports_progress_per_metric_set():
+    torch.manual_seed(0)
+    model = zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=2)
+    bars = []
+    plain = evaluate(model, dataset(1, 8), k=20, batch_size=5, chunk=2)
+    result = evaluate(model, dataset(1, 8), k=20, batch_size=5, chunk=2,
+                      progress=lambda name, total: Recorder(name, total, bars))
+    assert result["metrics"] == plain["metrics"]  # progress changes nothing
+    assert [(b.name, b.total, b.finished, b.closed) for b in bars] == [("likelihood", 24, True, True),
+                                                                       ("reconstruction", 24, True, True)]
+    likelihood = bars[0].done
+    # Passes of at most 5 x 2 samples: each sample of the 20 for a third of the 24 images (8 samples).
+    assert likelihood == pytest.approx([8 / 20] * 60) and sum(likelihood) == pytest.approx(24)
+    assert bars[1].done == []  # a set that does not report gets its bar filled when it returns
+
+
+def test_a_failing_metric_set_closes_its_bar_without_finishing_it(extra_set):
+    extra_set(MetricSet(name="extra", metrics={"extra_a": Metric("a", "", True)}, headline="extra_a",
+                        applies=lambda model: True, run=lambda *a, **kw: 1 / 0))
+    bars = []
+    with pytest.raises(ZooError, match="metric set 'extra' failed"):
+        evaluate(tiny(), dataset(1, 4, n=4), progress=lambda name, total: Recorder(name, total, bars))
+    assert [(b.name, b.finished, b.closed) for b in bars] == [("extra", False, True)]
+
+
+def test_evaluate_sets_threads_for_the_run_and_restores_them(extra_set):
+    before = torch.get_num_threads()
+    seen = []
+
+    def run(model, images, **kw):
+        seen.append(torch.get_num_threads())
+        return {"extra_a": 1.0}
+
+    extra_set(MetricSet(name="extra", metrics={"extra_a": Metric("a", "", True)}, headline="extra_a",
+                        applies=lambda model: True, run=run))
+    evaluate(tiny(), dataset(1, 4, n=2), threads=1)
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(ZooError, match="threads must be a whole number >= 1, got 0"):
+        evaluate(tiny(), dataset(1, 4, n=2), threads=0)
+
+
+# zoo eval: progress, automatic sizes, threads ------------------------------------------------------
+
+
+@pytest.fixture
+def saved_vae(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=2).save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(zoo.data, "load", lambda name, split="train", download=False: dataset(1, 8, name=name))
+    return str(tmp_path / "m")
+
+
+def run_eval(*args):
+    result = CliRunner().invoke(main, ["eval", *args, "--data", "fake", "--k", "8", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_cli_eval_progress_goes_to_stderr_never_stdout(saved_vae):
+    forced = run_eval(saved_vae, "--json", "--progress")
+    record = json.loads(forced.stdout)  # stdout is the JSON record alone
+    assert record["metric_sets"] == ["likelihood", "reconstruction"]
+    assert "likelihood: 100%" in forced.stderr and "reconstruction: 100%" in forced.stderr
+    assert "24/24 images" in forced.stderr and "images/s" in forced.stderr
+    for args in ([], ["--no-progress"]):  # CliRunner's stderr is not a terminal: no bar unless forced
+        assert "images" not in run_eval(saved_vae, "--json", *args).stderr
+    table = run_eval(saved_vae, "--progress")
+    assert "likelihood: 100%" in table.stderr and "likelihood" not in table.stdout.split("metric")[0]
+
+
+def test_cli_eval_records_the_automatic_sizes_and_keeps_to_the_memory_budget(saved_vae, monkeypatch):
+    from zoo import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda device: 1 << 20)  # 1 MiB free: budget 256 KiB
+    record = json.loads(run_eval(saved_vae, "--json").stdout)
+    settings = record["settings"]
+    assert settings["auto"] == ["batch_size", "chunk"] and settings["memory_budget_bytes"] == 1 << 18
+    model = zoo.load(saved_vae)
+    per_sample, per_image = resources.decoder_sample_bytes(model), resources.image_bytes(model)
+    batch, chunk = settings["batch_size"], settings["chunk"]
+    assert 1 <= batch < 500 and 1 <= chunk <= 8  # the budget, not the caps, decided
+    assert batch * chunk * resources.SAFETY * per_sample <= 1 << 18  # a decoder pass fits
+    assert batch * resources.SAFETY * per_image <= 1 << 18  # a batch of images fits
+    assert (batch + 1) * resources.SAFETY * max(per_sample, per_image) > 1 << 18 or batch == 500  # as large as fits
+    roomy = json.loads(run_eval(saved_vae, "--json").stdout)  # same budget: same sizes, same numbers
+    assert roomy["settings"] == settings and roomy["metrics"] == record["metrics"]
+    monkeypatch.setattr(resources, "available_memory", lambda device: 64 << 30)
+    big = json.loads(run_eval(saved_vae, "--json").stdout)
+    assert big["settings"]["batch_size"] == 500 and big["settings"]["chunk"] == 8  # capped by 500 and by k
+    # The sizes change the speed, never the numbers (beyond float rounding).
+    assert big["metrics"] == pytest.approx(record["metrics"], rel=1e-5)
+
+
+def test_cli_eval_explicit_sizes_and_threads_win(saved_vae, monkeypatch):
+    from zoo import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda device: 1 << 10)  # would force batch 1, chunk 1
+    record = json.loads(run_eval(saved_vae, "--json", "--batch-size", "7", "--chunk", "3", "--threads", "1").stdout)
+    assert record["settings"] == {"batch_size": 7, "chunk": 3, "threads": 1, "auto": [], "memory_budget_bytes": None}
+    half = json.loads(run_eval(saved_vae, "--json", "--batch-size", "7").stdout)["settings"]
+    assert half["batch_size"] == 7 and half["chunk"] == 1 and half["auto"] == ["chunk"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert json.loads(run_eval(saved_vae, "--json").stdout)["settings"]["threads"] == 1
+    bad = CliRunner().invoke(main, ["eval", saved_vae, "--data", "fake", "--batch-size", "lots"])
+    assert bad.exit_code == 2 and "'lots' is not a whole number or 'auto'" in bad.output
+    bad = CliRunner().invoke(main, ["eval", saved_vae, "--data", "fake", "--chunk", "0"])
+    assert bad.exit_code == 2 and "must be >= 1 or 'auto', got 0" in bad.output
+
+
+def test_thread_defaults_honour_omp_num_threads_then_the_affinity_mask(monkeypatch):
+    from zoo import resources
+
+    monkeypatch.setattr(resources, "cpu_count", lambda: 6)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert resources.default_threads() == 6
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert resources.default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2,1")  # a per-level list: the first level is torch's
+    assert resources.default_threads() == 2
+    for value, message in (("many", "is not a whole number"), ("0", "must be at least 1")):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        with pytest.raises(ZooError, match=f"OMP_NUM_THREADS='{value}' {message}"):
+            resources.default_threads()
+    before = torch.get_num_threads()
+    try:
+        assert resources.configure_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ZooError, match="threads must be a whole number >= 1"):
+        resources.configure_threads(0)
+
+
+def test_passive_openmp_wait_never_overrides_the_user_and_needs_torch_unloaded(monkeypatch):
+    import subprocess
+    import sys
+
+    from zoo import resources
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert resources.passive_openmp_wait() is False and "OMP_WAIT_POLICY" not in os.environ  # torch is loaded
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    assert resources.passive_openmp_wait() is False and os.environ["OMP_WAIT_POLICY"] == "active"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert resources.passive_openmp_wait() is True
+    # `zoo eval` loads its module without torch, so the policy is set before OpenMP starts.
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    code = ("import sys, os, zoo.cli.evaluate as e; from zoo import resources; "
+            "print('torch' in sys.modules, resources.passive_openmp_wait(), os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True", "PASSIVE"]
+
+
+def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path, monkeypatch):
+    from zoo import resources
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24684084 kB\nMemFree:         1000 kB\nMemAvailable:   2000 kB\n")
+    assert resources._meminfo_available(meminfo) == 2000 * 1024
+    meminfo.write_text("MemTotal: 4000 kB\nMemFree: 100 kB\nBuffers: 10 kB\nCached: 20 kB\n")  # no MemAvailable
+    assert resources._meminfo_available(meminfo) == 130 * 1024
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("1000000\n")
+    (v2 / "memory.current").write_text("400000\n")
+    assert resources._cgroup_headroom(v2) == 600000
+    (v2 / "memory.max").write_text("max\n")
+    assert resources._cgroup_headroom(v2) is None
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(2**63 - 4096))  # v1's "no limit"
+    (v1 / "memory.usage_in_bytes").write_text("5")
+    assert resources._cgroup_headroom(tmp_path / "v1") is None
+    monkeypatch.setattr(resources, "_meminfo_available", lambda: 8 << 30)
+    monkeypatch.setattr(resources, "_cgroup_headroom", lambda: 3 << 30)
+    assert resources.available_memory("cpu") == 3 << 30 and resources.memory_budget("cpu") == (3 << 30) // 4
+    with pytest.raises(ZooError, match="memory fraction must be in"):
+        resources.memory_budget("cpu", fraction=0)

@@ -1,9 +1,14 @@
 """The variational autoencoder family: everything a VAE shares, so a VAE plugin only builds its networks."""
 
+import contextlib
 import dataclasses
+import functools
 import math
+from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from zoo.components import (
     GaussianReparameterization,
@@ -72,6 +77,11 @@ class VariationalAutoencoder(Autoencoder):
             return bernoulli_log_likelihood(logits, x)
         return gaussian_log_likelihood(torch.sigmoid(logits), x, self.config.observation_sigma)
 
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) summed over the last dimension: the standard normal. A VAE with another prior
+        overrides it, and :meth:`importance_weighted_log_likelihood` then uses that prior."""
+        return log_normal_standard(z)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
 
@@ -104,20 +114,211 @@ class VariationalAutoencoder(Autoencoder):
 
     @torch.no_grad()
     def importance_weighted_log_likelihood(
-        self, x: torch.Tensor, k: int, generator: torch.Generator | None = None, chunk: int = 100
+        self,
+        x: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+        chunk: int = 100,
+        *,
+        max_pass: int | None = None,
+        posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+        progress: Callable[[float], None] | None = None,
     ) -> torch.Tensor:
         """The IWAE lower bound on log p(x) per image, with ``k`` importance samples.
 
-        Samples are drawn in chunks of ``chunk`` so memory stays bounded for large k.
+        The noise is drawn in blocks of ``chunk`` samples for all the images of ``x`` at once (one
+        ``randn((size, len(x), latent_dim))`` per block, from ``generator``), so the draws depend on
+        ``len(x)``, ``k`` and ``chunk`` only. Each block is decoded in passes of at most ``max_pass``
+        samples (default: the whole block), which bounds the memory, and on a CPU keeps each pass
+        small enough to be fast; the value does not depend on ``max_pass`` beyond float rounding.
+
+        - ``posterior``: ``(mu, logvar)`` of ``x`` when the caller has them already.
+        - ``progress``: called after each pass with the number of images its samples amount to
+          (samples / k), e.g. a progress bar's ``update``.
         """
-        mu, logvar = self.posterior(x)
-        log_weights = []
-        for start in range(0, k, chunk):
-            size = min(chunk, k - start)
-            eps = torch.randn((size, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + torch.exp(0.5 * logvar) * eps  # (size, N, latent)
-            logits = self.decoder_logits(z.reshape(-1, mu.shape[-1]))
-            targets = x.unsqueeze(0).expand(size, *x.shape).reshape(-1, *x.shape[1:])
-            log_px_z = self.log_likelihood(logits, targets).view(size, -1)
-            log_weights.append(log_px_z + log_normal_standard(z) - log_normal_diagonal(z, mu, logvar))
-        return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1 importance samples, got {k}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 samples per block, got {chunk}")
+        if max_pass is not None and max_pass < 1:
+            raise ValueError(f"max_pass must be >= 1 decoder samples per pass, got {max_pass}")
+        with _fast_inference(self):
+            mu, logvar = posterior if posterior is not None else self.posterior(x)
+            n, latent = mu.shape
+            std = torch.exp(0.5 * logvar)
+            log_likelihood = self._tile_log_likelihood(x)
+            log_weights = None
+            for start in range(0, k, chunk):
+                size = min(chunk, k - start)
+                eps = torch.randn((size, n, latent), generator=generator, device=mu.device, dtype=mu.dtype)
+                for rows, cols in _tiles(size, n, max_pass or size * n):
+                    r = rows.stop - rows.start
+                    z = mu[cols] + std[cols] * eps[rows, cols]  # (r, c, latent)
+                    log_px_z = log_likelihood(self.decoder_logits(z.reshape(-1, latent)), cols, r)
+                    log_w = log_px_z + self.log_prior(z) - log_normal_diagonal(z, mu[cols], logvar[cols])
+                    if log_weights is None:
+                        log_weights = torch.empty((k, n), dtype=log_w.dtype, device=log_w.device)
+                    log_weights[start + rows.start:start + rows.stop, cols] = log_w
+                    if progress is not None:
+                        progress(log_w.numel() / k)
+            return torch.logsumexp(log_weights, dim=0) - math.log(k)
+
+    def _tile_log_likelihood(self, x: torch.Tensor) -> Callable[[torch.Tensor, slice, int], torch.Tensor]:
+        """``f(logits, cols, r)``: log p(x[cols] | z) as (r, len(cols)) for logits of r samples of each image.
+
+        Binary images under the built-in Bernoulli likelihood take a cheaper exact form,
+        log p(x | z) = sum of log sigmoid((2x - 1) * logits) over the pixels, in fewer passes over the
+        logits than ``binary_cross_entropy_with_logits`` and without repeating the targets; it equals
+        the cross-entropy form up to rounding (and is the more accurate of the two for confident logits).
+        Anything else goes through :meth:`log_likelihood`, overridden or not.
+        """
+        if (type(self).log_likelihood is VariationalAutoencoder.log_likelihood
+                and self.config.likelihood == "bernoulli" and bool(((x == 0) | (x == 1)).all())):
+            signs = 2 * x - 1
+
+            def bernoulli(logits: torch.Tensor, cols: slice, r: int) -> torch.Tensor:
+                terms = F.logsigmoid(logits.unflatten(0, (r, -1)) * signs[cols])
+                return terms.sum(tuple(range(2, terms.dim())))
+
+            return bernoulli
+
+        def general(logits: torch.Tensor, cols: slice, r: int) -> torch.Tensor:
+            return self.log_likelihood(logits, _repeated(x[cols], r)).view(r, -1)
+
+        return general
+
+
+def _tiles(rows: int, cols: int, most: int) -> Iterator[tuple[slice, slice]]:
+    """Cover a (rows samples x cols images) block with near-equal rectangles of at most ``most`` entries."""
+    if most >= cols:
+        pieces = -(-rows // (most // cols))
+        step = -(-rows // pieces)
+        for r in range(0, rows, step):
+            yield slice(r, min(r + step, rows)), slice(0, cols)
+    else:
+        step = -(-cols // -(-cols // most))
+        for r in range(rows):
+            for c in range(0, cols, step):
+                yield slice(r, r + 1), slice(c, min(c + step, cols))
+
+
+def _repeated(x: torch.Tensor, times: int) -> torch.Tensor:
+    """``x`` (c images) repeated ``times`` over, as (times * c) images: a view when times or c is 1."""
+    if times == 1:
+        return x
+    if len(x) == 1:
+        return x.expand(times, *x.shape[1:])
+    return x.unsqueeze(0).expand(times, *x.shape).reshape(-1, *x.shape[1:])
+
+
+#: Activation modules that can overwrite their input (``inplace=True``) with the same result.
+_INPLACE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.SiLU, nn.Mish, nn.Hardtanh,
+                        nn.Hardswish, nn.Hardsigmoid)
+#: forward() of layers that always return a new tensor, never their input or a view of it.
+_FRESH_OUTPUT = {cls.forward for cls in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                         nn.ConvTranspose2d, nn.ConvTranspose3d, nn.LayerNorm, nn.GroupNorm)}
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _fresh_output(module: nn.Module) -> bool:
+    """Whether ``module`` returns a tensor nothing else refers to (a plain layer, or a Sequential ending in one)."""
+    if _hooked(module):
+        return False
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        return len(module) > 0 and _fresh_output(module[-1])
+    return type(module).forward in _FRESH_OUTPUT
+
+
+def _inplace_candidates(model: nn.Module) -> list[nn.Module]:
+    """Activations inside a plain ``nn.Sequential`` that directly follow a layer with a fresh output.
+
+    Such an activation's input is an intermediate of the Sequential's loop that nothing else holds,
+    so computing it in place gives the same values without a second copy of the activations.
+    """
+    found = []
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue
+        for before, module in zip(seq, list(seq)[1:]):
+            if (type(module) in _INPLACE_ACTIVATIONS and not module.inplace and not _hooked(module)
+                    and _fresh_output(before)):
+                found.append(module)
+    return found
+
+
+def _narrow_conv(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` is a plain stride-1 convolution with few outputs per input pixel (e.g. a decoder's
+    last layer, 32 channels to 1), which oneDNN runs far below its usual speed."""
+    kh, kw = conv.kernel_size
+    ph, pw = conv.padding if isinstance(conv.padding, tuple) else (-1, -1)  # "same"/"valid" strings: skip
+    return (type(conv).forward is nn.Conv2d.forward and "forward" not in vars(conv) and not _hooked(conv)
+            and conv.groups == 1
+            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+            and 0 <= ph < kh and 0 <= pw < kw and kh * kw * conv.out_channels <= conv.in_channels)
+
+
+def _narrow_conv_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` as one matrix product per pixel and a sum of shifted planes (the same sum, reordered).
+
+    Y[n, y, x, a, b, o] = sum_c x[n, c, y, x] w[o, c, a, b] is a (pixels x C) @ (C x kh*kw*O)
+    product; then out[n, o, i, j] = bias[o] + sum_{a, b} Y[n, i + a - ph, j + b - pw, a, b, o], where
+    the shifted index falls inside the image (zero padding). On channels-last input about 2x faster
+    than oneDNN for 32 -> 1 channels.
+    """
+    n, c, h, w = x.shape
+    (kh, kw), (ph, pw), o = conv.kernel_size, conv.padding, conv.out_channels
+    taps = x.permute(0, 2, 3, 1).reshape(-1, c) @ conv.weight.permute(1, 2, 3, 0).reshape(c, kh * kw * o)
+    taps = taps.view(n, h, w, kh, kw, o)
+    h_out, w_out = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    out = x.new_zeros((n, h_out, w_out, o)) if conv.bias is None else conv.bias.expand(n, h_out, w_out, o).clone()
+    for a in range(kh):
+        # output rows i with 0 <= i + a - ph < h
+        i0, i1 = max(0, ph - a), min(h_out, h + ph - a)
+        for b in range(kw):
+            j0, j1 = max(0, pw - b), min(w_out, w + pw - b)
+            if i0 < i1 and j0 < j1:
+                out[:, i0:i1, j0:j1] += taps[:, i0 + a - ph:i1 + a - ph, j0 + b - pw:j1 + b - pw, a, b]
+    return out.permute(0, 3, 1, 2)
+
+
+@contextlib.contextmanager
+def _fast_inference(model: nn.Module) -> Iterator[None]:
+    """Inference mode with the CPU fast paths that leave the values alone, undone afterwards.
+
+    - On the CPU, channels-last convolution weights: oneDNN then runs its faster NHWC kernels
+      (the conv-vae decoder is about 1.6x faster on a Sapphire Rapids core).
+    - On the CPU, a convolution with few output channels (:func:`_narrow_conv`) as a matrix product
+      and shifted sums.
+    - Activations computed in place where that cannot change anything (see
+      :func:`_inplace_candidates`): one pass over the activations instead of two, no new buffer.
+
+    The model's own tensors and settings are restored afterwards, so saving, exporting or
+    training it is unaffected.
+    """
+    activations = _inplace_candidates(model)
+    cpu = all(p.device.type == "cpu" for p in model.parameters())
+    narrow = [m for m in model.modules() if isinstance(m, nn.Conv2d) and _narrow_conv(m)] if cpu else []
+    swapped = []
+    for param in model.parameters():
+        data = param.data
+        if (data.device.type == "cpu" and data.dim() == 4 and data.is_floating_point()
+                and not data.is_contiguous(memory_format=torch.channels_last)):
+            swapped.append((param, data))
+            param.data = data.contiguous(memory_format=torch.channels_last)
+    for module in activations:
+        module.inplace = True
+    for conv in narrow:
+        conv.forward = functools.partial(_narrow_conv_forward, conv)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for module in activations:
+            module.inplace = False
+        for conv in narrow:
+            del conv.forward
+        for param, data in swapped:
+            param.data = data

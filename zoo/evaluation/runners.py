@@ -7,13 +7,22 @@ declares (``MetricSet.applies``). They run in registration order, except that *g
 (such as ``reconstruction``, which applies to every model that reconstructs) run last, so the
 headline comes from the most specific set.
 
+Progress: ``evaluate(..., progress=True)`` draws a progress bar per metric set on stderr (images
+done, rate and ETA). A set's ``run`` reports what it has done with :func:`report_progress`; a run
+that does not (such as a plugin's) gets its bar filled when it returns. ``run``'s signature is the
+same either way.
+
 Where ``model.dynamic_binarization`` is set, the test images are binarized once, with ``seed``.
 Every random draw comes from generators seeded with ``seed``, so a run is reproducible on the
 same kind of device.
 """
 
+import contextlib
+import contextvars
 import math
+import sys
 import time
+from collections.abc import Callable, Iterator
 from numbers import Real
 from typing import Any
 
@@ -22,6 +31,84 @@ import torch
 from zoo.errors import UnsupportedTaskError, ZooError
 from zoo.metrics import MetricSet
 from zoo.model import Autoencoder
+
+
+#: The progress callback of the metric set running now (None outside ``evaluate`` or without progress).
+_PROGRESS: contextvars.ContextVar[Callable[[float], None] | None] = contextvars.ContextVar("zoo_eval_progress",
+                                                                                          default=None)
+
+
+def report_progress(images: float) -> None:
+    """Called by a metric set's ``run``: it has finished ``images`` more test images (fractions allowed).
+
+    Feeds the progress bar of ``zoo eval``; does nothing when no bar is shown, so a run may call it
+    unconditionally. Reporting is optional: a bar whose run never reports is filled when it returns.
+    """
+    report = _PROGRESS.get()
+    if report is not None:
+        report(images)
+
+
+class _Bar:
+    """A tqdm bar on stderr counting test images, fractions included (shown rounded), with rate and ETA."""
+
+    def __init__(self, name: str, total: int):
+        from tqdm import tqdm
+
+        self.total = total
+        self.bar = tqdm(total=total, desc=name, unit="images", file=sys.stderr, dynamic_ncols=True, leave=True,
+                        smoothing=0.1, mininterval=0.5,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} images "
+                                   "[{elapsed}<{remaining}, {rate_fmt}]")
+
+    def update(self, images: float) -> None:
+        room = self.total - self.bar.n  # fractions may add up to a hair over the total: no negative ETA
+        if room > 0:
+            self.bar.update(min(images, room))
+
+    def finish(self) -> None:
+        """The set is done: show every image counted (a run may report nothing, or fractions that fall short)."""
+        if self.bar.n < self.total:
+            self.bar.update(self.total - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+ProgressFactory = Callable[[str, int], Any]
+
+
+@contextlib.contextmanager
+def _progress(progress: bool | ProgressFactory | None, name: str, total: int) -> Iterator[None]:
+    """Show progress for one metric set: ``progress`` is True (a tqdm bar on stderr), falsy (none) or a
+    factory ``(set name, number of images) -> object with update(images) and close()``, and optionally
+    finish(), called when the set has completed."""
+    if not progress:
+        yield
+        return
+    bar = (_Bar if progress is True else progress)(name, total)
+    token = _PROGRESS.set(bar.update)
+    try:
+        yield
+        if callable(getattr(bar, "finish", None)):
+            bar.finish()
+    finally:
+        _PROGRESS.reset(token)
+        bar.close()
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside the block (unchanged when None)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def registered_sets() -> list[MetricSet]:
@@ -89,9 +176,17 @@ def _checked(metric_set: MetricSet, values: Any) -> dict[str, float]:
 
 
 def evaluate(model: Autoencoder, dataset, *, k: int = 1000, seed: int = 0, limit: int | None = None,
-             batch_size: int = 500, chunk: int = 100, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Every applicable metric of ``model`` on ``dataset`` (an ImageDataset), as a JSON-ready dict."""
+             batch_size: int = 500, chunk: int = 100, device: torch.device | str = "cpu",
+             progress: bool | ProgressFactory | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Every applicable metric of ``model`` on ``dataset`` (an ImageDataset), as a JSON-ready dict.
+
+    ``progress``: True for a progress bar per metric set on stderr, or a factory ``(set name, number
+    of images) -> object with update(images) and close()``. ``threads``: torch's intra-op thread
+    count during the run (restored after it); None leaves it as it is.
+    """
     device = torch.device(device)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ZooError(f"threads must be a whole number >= 1, got {threads!r}")
     started = time.time()
     applied = applicable_sets(model)
     if not applied:
@@ -108,7 +203,9 @@ def evaluate(model: Autoencoder, dataset, *, k: int = 1000, seed: int = 0, limit
     info: dict[str, dict[str, Any]] = {}
     for metric_set in applied:
         try:
-            values = metric_set.run(model, images, k=k, seed=seed, batch_size=batch_size, device=device, chunk=chunk)
+            with _threads(threads), _progress(progress, metric_set.name, len(images)):
+                values = metric_set.run(model, images, k=k, seed=seed, batch_size=batch_size, device=device,
+                                        chunk=chunk)
         except Exception as exc:
             raise ZooError(f"metric set {metric_set.name!r} failed on {model.architecture!r}: "
                            f"{type(exc).__name__}: {exc}") from exc

@@ -13,6 +13,7 @@
 """
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
 import torch
@@ -22,6 +23,7 @@ from zoo.components import kl_standard_normal
 from zoo.components.color import rgb_to_gray
 from zoo.errors import ZooError
 from zoo.evaluation.metrics import psnr, ssim
+from zoo.evaluation.runners import report_progress
 from zoo.hookspecs import hookimpl
 from zoo.metrics import Metric, MetricSet
 
@@ -58,18 +60,60 @@ def _is_vae(model) -> bool:
     return callable(getattr(model, "importance_weighted_log_likelihood", None))
 
 
+#: The likelihood set draws its noise for blocks of this many test images and importance samples,
+#: whatever --batch-size and --chunk are, so those change the speed and the memory, never the random
+#: draws. (500 and 100 were the defaults of --batch-size and --chunk: at those settings earlier
+#: versions drew the very same numbers.)
+DRAW_IMAGES, DRAW_SAMPLES = 500, 100
+
+
+def _accepts(method, name: str) -> bool:
+    """Whether ``method`` takes a keyword argument ``name`` (a plugin may implement an older signature)."""
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _in_pieces(fn, x: torch.Tensor, size: int):
+    """``fn`` over ``x`` in pieces of at most ``size`` rows, outputs concatenated (tuples element-wise)."""
+    if len(x) <= size:
+        return fn(x)
+    parts = [fn(x[start:start + size]) for start in range(0, len(x), size)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts))
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def _likelihood(model, images, *, k, seed, batch_size, device, chunk) -> dict[str, float]:
+    """IWAE bound, negative ELBO, reconstruction term and KL, summed in float64 and averaged.
+
+    Decoder passes hold at most ``batch_size * chunk`` samples (``chunk`` importance samples for
+    each of ``batch_size`` images). A model whose ``importance_weighted_log_likelihood`` does not
+    take ``max_pass`` (an older plugin signature) is called as before: ``batch_size`` images at a
+    time, ``chunk`` samples per pass, with draws that then depend on both.
+    """
     gen = torch.Generator(device=device).manual_seed(seed)
     likelihood = getattr(model.config, "likelihood", None)
     recon_key = "reconstruction_bce" if likelihood == "bernoulli" else "reconstruction_nll"
     sums = {"nll_iwae": 0.0, "neg_elbo": 0.0, recon_key: 0.0, "kl": 0.0}
-    for x in batches(images, batch_size):
+    iwae = model.importance_weighted_log_likelihood
+    tiled = all(_accepts(iwae, name) for name in ("max_pass", "posterior", "progress"))
+    max_pass = batch_size * chunk
+    for x in batches(images, DRAW_IMAGES if tiled else batch_size):
         x = x.to(device)
-        log_px = model.importance_weighted_log_likelihood(x, k, generator=gen, chunk=chunk)
-        mu, logvar = model.posterior(x)
+        if tiled:
+            mu, logvar = _in_pieces(model.posterior, x, batch_size)
+            log_px = iwae(x, k, generator=gen, chunk=DRAW_SAMPLES, max_pass=max_pass, posterior=(mu, logvar),
+                          progress=report_progress)
+        else:
+            log_px = iwae(x, k, generator=gen, chunk=chunk)
+            mu, logvar = model.posterior(x)
+            report_progress(len(x))
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
-        recon = -model.log_likelihood(model.decoder_logits(z), x)
+        recon = -model.log_likelihood(_in_pieces(model.decoder_logits, z, max_pass), x)
         kl = kl_standard_normal(mu, logvar)
         sums["nll_iwae"] += float(-log_px.double().sum())
         sums["neg_elbo"] += float((recon + kl).double().sum())
