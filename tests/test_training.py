@@ -2,7 +2,9 @@
 training hooks (configure_optimizer, on_train_step_end, on_train_epoch_end) and loss-term checks."""
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +20,9 @@ from safetensors.torch import load_file
 import zoo
 import zoo.data
 from zoo.cli import main
-from zoo.training import Interrupted, TrainConfig, Trainer, TrainingError
+from zoo.training import DistContext, Interrupted, TrainConfig, Trainer, TrainingError
 from zoo.training import state as ckpt
+from zoo.training.batching import TrainBatches
 from zoo.training.terms import check_terms, loss_term_problems
 
 SIZE = 8
@@ -38,12 +41,18 @@ def tiny_model(seed: int = 0, **overrides):
     return zoo.create("dense-vae", **{**TINY, **overrides})
 
 
-def run(out: Path, epochs: int = 3, seed: int = 0, resume: bool = False, model=None, **config):
+def run(out: Path, epochs: int = 3, seed: int = 0, resume: bool = False, model=None, sync_every=None, log=None,
+        **config):
     model = model if model is not None else tiny_model(seed)
     cfg = TrainConfig(epochs=epochs, batch_size=32, seed=seed, **config)
     trainer = Trainer(model, fake_dataset("train"), fake_dataset("test", 40), cfg, out, data_name="fake",
-                      command="test", progress=False, log=lambda _m: None)
+                      command="test", progress=False, log=log or (lambda _m: None))
+    trainer.sync_every = sync_every
     return trainer.fit(resume=resume), model
+
+
+def recipe_of(out: Path) -> dict:
+    return json.loads((out / "recipe.json").read_text())
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -471,3 +480,244 @@ def test_sigterm_saves_a_valid_checkpoint_exits_143_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["status"] == "complete" and recipe["epochs_completed"] == epochs
+
+
+# --- speed options: host syncs, fused kernels, channels_last, bf16, compile, threads -----------------------
+
+
+def tiny_conv(seed: int = 0):
+    torch.manual_seed(seed)
+    return zoo.create("conv-vae", image_size=SIZE, channels=[4], hidden=8, latent_dim=2)
+
+
+def test_deferred_host_syncs_give_the_same_run_and_still_name_the_nan_step(tmp_path):
+    run(tmp_path / "every", lr_schedule="cosine")
+    run(tmp_path / "deferred", lr_schedule="cosine", sync_every=2)
+    assert_same(weights(tmp_path / "every"), weights(tmp_path / "deferred"))
+    for key in ("train", "val"):
+        assert [h[key] for h in recipe_of(tmp_path / "every")["history"]] == [
+            h[key] for h in recipe_of(tmp_path / "deferred")["history"]]
+
+    model = tiny_model()
+    original = model.loss
+
+    def loss(batch, step=None):
+        terms = original(batch, step=step)
+        if step == 4:
+            terms["loss"] = terms["loss"] * float("inf")
+        return terms
+
+    model.loss = loss
+    # syncs every 3 steps: step 5 (the 2nd batch of epoch 2) is only looked at after the 3rd, and still named
+    with pytest.raises(TrainingError, match=r"loss is inf at step 5 \(epoch 2, batch 2/3\)"):
+        run(tmp_path / "n", epochs=3, model=model, sync_every=3)
+    _, state, _, _ = ckpt.read_checkpoint(tmp_path / "n")
+    assert state["global_step"] == 3
+
+
+def test_optimizer_runs_its_fused_kernel_unless_the_model_or_the_config_chose(tmp_path):
+    fused, _ = run(tmp_path / "fused", epochs=2)
+    loop, _ = run(tmp_path / "loop", epochs=2, fused_optimizer=False)
+    assert recipe_of(tmp_path / "fused")["runtime"]["optimizer_kernel"] == "fused"
+    assert recipe_of(tmp_path / "loop")["runtime"]["optimizer_kernel"] == "for-loop"
+    _, state, tensors, _ = ckpt.read_checkpoint(tmp_path / "fused")
+    assert ckpt.optimizer_from_tensors(tensors, state["optimizer"])["param_groups"][0]["fused"] is True
+    a, b = weights(tmp_path / "fused"), weights(tmp_path / "loop")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # the same algorithm, up to float rounding
+    model = tiny_model()
+    model.configure_optimizer = lambda config: torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
+    run(tmp_path / "foreach", epochs=1, model=model)
+    assert recipe_of(tmp_path / "foreach")["runtime"]["optimizer_kernel"] == "foreach"
+    with pytest.raises(TrainingError, match="fused_optimizer"):
+        run(tmp_path / "fused", epochs=3, resume=True, fused_optimizer=False)
+
+
+def test_conv_models_train_channels_last_on_cpu_and_resume_bit_exactly(tmp_path):
+    run(tmp_path / "full", model=tiny_conv(), lr_schedule="cosine")
+    runtime = recipe_of(tmp_path / "full")["runtime"]
+    assert runtime["memory_format"] == "channels_last" and runtime["optimizer_kernel"] == "fused"
+    with pytest.raises(Interrupted):
+        run(tmp_path / "cut", model=_interrupt_at(tiny_conv(), 4), lr_schedule="cosine")
+    run(tmp_path / "cut", model=tiny_conv(), lr_schedule="cosine", resume=True)  # fused Adam state re-laid out
+    assert_same(weights(tmp_path / "full"), weights(tmp_path / "cut"))
+    run(tmp_path / "again", model=tiny_conv(), lr_schedule="cosine")
+    assert_same(weights(tmp_path / "full"), weights(tmp_path / "again"))
+    run(tmp_path / "contiguous", epochs=1, model=tiny_conv(), memory_format="contiguous")
+    assert recipe_of(tmp_path / "contiguous")["runtime"]["memory_format"] == "contiguous"
+    assert recipe_of(tmp_path / "again")["runtime"]["memory_format"] == "channels_last"
+    run(tmp_path / "dense", epochs=1)  # no 4-D weights: auto keeps the default layout
+    assert recipe_of(tmp_path / "dense")["runtime"]["memory_format"] == "contiguous"
+
+
+def _native_bf16() -> bool:
+    caps = torch.cpu.get_capabilities()
+    return any(caps.get(flag) for flag in ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16"))
+
+
+@pytest.mark.skipif(not _native_bf16(), reason="this CPU has no native bfloat16")
+def test_bf16_is_opt_in_recorded_checked_on_resume_and_validated_in_fp32(tmp_path):
+    fp32, _ = run(tmp_path / "fp32", epochs=1)
+    bf16, _ = run(tmp_path / "bf16", epochs=1, precision="bf16")
+    again, _ = run(tmp_path / "again", epochs=1, precision="bf16")
+    recipe = recipe_of(tmp_path / "bf16")
+    assert recipe["train_config"]["precision"] == "bf16" and recipe_of(tmp_path / "fp32")["train_config"][
+        "precision"] == "fp32"
+    assert bf16.weights_sha256 != fp32.weights_sha256 and bf16.weights_sha256 == again.weights_sha256
+    assert all(math.isfinite(v) for v in recipe["final_metrics"]["val"].values())
+    with pytest.raises(TrainingError, match="precision"):
+        run(tmp_path / "fp32", epochs=2, resume=True, precision="bf16")
+
+
+def test_bf16_and_compile_are_refused_with_the_reason_where_unsupported(tmp_path, monkeypatch):
+    with pytest.raises(TrainingError, match=r"precision must be one of fp32, bf16, got 'fp16'"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(TrainingError, match=r"memory_format must be one of auto, contiguous, channels_last"):
+        TrainConfig(memory_format="nhwc")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"cpu_name": "Old Xeon", "architecture": "x86_64"})
+    with pytest.raises(TrainingError, match=r"precision bf16 needs a CPU with native bfloat16 arithmetic .*"
+                                            r"\(Old Xeon, x86_64\) has none"):
+        run(tmp_path / "bf16", epochs=1, precision="bf16")
+    monkeypatch.setattr(Trainer, "fit", lambda self, resume=False: pytest.fail("fit must not start"))
+    with pytest.raises(TrainingError, match="compile is not supported under torchrun"):
+        Trainer(tiny_model(), fake_dataset("train"), None, TrainConfig(compile=True), tmp_path, data_name="fake",
+                ctx=DistContext(world_size=2))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(TrainingError, match=r"compile on CPU needs a C\+\+ compiler"):
+        Trainer(tiny_model(), fake_dataset("train"), None, TrainConfig(compile=True), tmp_path, data_name="fake")
+    assert not (tmp_path / "bf16").exists()
+
+
+def test_cli_reports_an_unsupported_precision_as_one_clear_line(tmp_path, monkeypatch):
+    namespace = {}
+    exec(FAKE_DATA, namespace)
+    monkeypatch.setattr(zoo.data, "load", namespace["_load"])
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"cpu_name": "Old Xeon", "architecture": "x86_64"})
+    result = CliRunner().invoke(main, ["train", "dense-vae", "--data", "fake", "--set", "image_size=8", "--epochs", "1",
+                                       "--precision", "bf16", "--out", str(tmp_path / "r"), "--no-progress",
+                                       "--device", "cpu", "--threads", "1"])
+    assert result.exit_code == 1 and "native bfloat16" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None, reason="no C++ compiler")
+def test_compile_option_trains_and_is_recorded(tmp_path):
+    compiled, _ = run(tmp_path / "compiled", epochs=2, compile=True)
+    eager, _ = run(tmp_path / "eager", epochs=2)
+    recipe = recipe_of(tmp_path / "compiled")
+    assert recipe["train_config"]["compile"] is True and recipe["epochs_completed"] == 2
+    assert all(math.isfinite(v) for v in recipe["final_metrics"]["val"].values())
+    # validation is eager float32 in both, so the two runs' metrics are comparable (close, not equal)
+    val_c, val_e = recipe["final_metrics"]["val"], recipe_of(tmp_path / "eager")["final_metrics"]["val"]
+    assert val_c["loss"] == pytest.approx(val_e["loss"], rel=0.05)
+
+
+def test_thread_count_is_recorded_and_a_change_on_resume_is_warned(tmp_path):
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run(tmp_path / "t", epochs=1)
+        assert recipe_of(tmp_path / "t")["runtime"]["threads"] == 1
+        assert ckpt.read_checkpoint(tmp_path / "t")[1]["threads"] == 1
+        torch.set_num_threads(2)
+        messages = []
+        run(tmp_path / "t", epochs=2, resume=True, log=messages.append)
+        assert any("trained with 1 torch thread(s), now 2" in m and "--threads 1" in m for m in messages), messages
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_cli_choices_are_the_trainers():
+    import zoo.cli.train as cli_train
+    from zoo.training import trainer
+
+    assert cli_train.LR_SCHEDULES == trainer.LR_SCHEDULES and cli_train.PRECISIONS == trainer.PRECISIONS
+    assert cli_train.MEMORY_FORMATS == trainer.MEMORY_FORMATS
+
+
+def test_the_best_validation_epoch_is_kept_and_recorded(tmp_path):
+    model = tiny_model()
+    original = model.loss
+    validations = []
+
+    def loss(batch, step=None):
+        terms = original(batch, step=step)
+        if step is None:  # validation: make every epoch look worse than the one before
+            validations.append(1)
+            terms["loss"] = terms["loss"] + 1000.0 * len(validations)
+        return terms
+
+    model.loss = loss
+    run(tmp_path / "b", epochs=3, model=model)
+    run(tmp_path / "one", epochs=1)
+    recipe = recipe_of(tmp_path / "b")
+    assert recipe["best"]["epoch"] == 1 and recipe["best"]["path"] == "best"
+    assert recipe["best"]["val"] == recipe["history"][0]["val"] and "on the 'test' split" in recipe["best"]["chosen_on"]
+    assert recipe["best"]["weights_sha256"] == zoo.checkpoint.sha256_file(tmp_path / "b" / "best" / "model.safetensors")
+    assert_same(weights(tmp_path / "b" / "best"), weights(tmp_path / "one"))  # epoch 1's weights, bit for bit
+    assert zoo.load(tmp_path / "b" / "best").config.latent_dim == 2
+    run(tmp_path / "plain", epochs=2)
+    assert recipe_of(tmp_path / "plain")["best"]["epoch"] == min(
+        recipe_of(tmp_path / "plain")["history"], key=lambda h: h["val"]["loss"])["epoch"]
+
+
+def test_train_batches_binarize_exactly_and_start_mid_epoch():
+    values = torch.tensor([0, 255, 77], dtype=torch.uint8).repeat_interleave(200)
+    images = values.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    data = zoo.data.ImageDataset(images, torch.arange(600) // 200, name="grey", split="train", checksum="-")
+    loader = TrainBatches(data, 50, seed=0, dynamic_binarize=True)
+
+    batches = [(x.clone(), y.clone()) for x, y in loader]
+    again = [(x.clone(), y.clone()) for x, y in loader]
+    tail = [(x.clone(), y.clone()) for x, y in loader.iterate(5)]
+    loader.set_epoch(1)
+    redrawn = torch.cat([x for x, _ in loader])
+
+    x, y = torch.cat([b for b, _ in batches]), torch.cat([b for _, b in batches])
+    assert x.dtype == torch.float32 and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert (x[y == 0] == 0).all() and (x[y == 1] == 1).all()  # P(1) = v / 255 exactly at both ends
+    assert abs(x[y == 2].mean().item() - 77 / 255) < 0.02
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches, again))
+    assert len(tail) == len(batches) - 5 and all(torch.equal(a, b) for (a, _), (b, _) in zip(batches[5:], tail))
+    assert not torch.equal(x, redrawn)
+    plain = TrainBatches(data, 50, seed=0, shuffle=False)
+    assert torch.equal(next(iter(plain))[0], images[:50].float() / 255)
+
+
+SPLIT_DATA = textwrap.dedent("""
+    import torch, zoo.data
+    calls = []
+    def _load(name, split="train", download=False):
+        calls.append(split)
+        n = {"train": 400, "fit": 360, "val": 40, "test": 64}[split]
+        g = torch.Generator().manual_seed(len(split))
+        images = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+        selection = {"of": "train", "rule": "fake", "indices_sha256": split * 8} if split in ("fit", "val") else None
+        return zoo.data.ImageDataset(images, torch.zeros(n, dtype=torch.int64), name=name, split=split,
+                                     checksum="f" * 64, selection=selection)
+""")
+
+
+def test_cli_trains_on_fit_validates_on_val_and_records_the_splits(tmp_path, monkeypatch):
+    namespace = {}
+    exec(SPLIT_DATA, namespace)
+    monkeypatch.setattr(zoo.data, "load", namespace["_load"])
+    common = ["train", "dense-vae", "--data", "fake", "--set", "image_size=8", "--set", "hidden=[16]", "--set",
+              "latent_dim=2", "--epochs", "1", "--batch-size", "100", "--no-progress", "--threads", "1"]
+    result = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "val")])
+    assert result.exit_code == 0, result.output
+    assert namespace["calls"] == ["fit", "val"]
+    data = recipe_of(tmp_path / "val")["data"]
+    assert (data["train_split"], data["val_split"], data["train_images"], data["val_images"]) == ("fit", "val", 360, 40)
+    assert data["train_selection"]["indices_sha256"] == "fit" * 8 and data["val_selection"]["rule"] == "fake"
+    assert "note" not in data and recipe_of(tmp_path / "val")["runtime"]["threads"] == 1
+
+    namespace["calls"].clear()
+    result = CliRunner().invoke(main, [*common, "--val-split", "test", "--out", str(tmp_path / "test")])
+    assert result.exit_code == 0, result.output
+    assert namespace["calls"] == ["train", "test"]
+    data = recipe_of(tmp_path / "test")["data"]
+    assert (data["train_split"], data["val_split"]) == ("train", "test") and "test split" in data["note"]
+
+    resumed = CliRunner().invoke(main, [*common, "--epochs", "2", "--val-split", "test", "--resume",
+                                        "--out", str(tmp_path / "val")])
+    assert resumed.exit_code == 1 and "it was trained on the splits" in resumed.output
