@@ -39,7 +39,7 @@ DATA_TERMS = {
 #: model-index task of metrics whose metric set is not registered (any more); others take their set's.
 DEFAULT_TASK = ("image-to-image", None)
 #: Hub pipeline tag of a model's default task.
-PIPELINE_TAGS = {"reconstruct": "image-to-image", "denoise": "image-to-image", "colorize": "image-to-image",
+PIPELINE_TAGS = {"cluster": "image-classification", "reconstruct": "image-to-image", "denoise": "image-to-image", "colorize": "image-to-image",
                  "sample": "unconditional-image-generation", "encode": "image-feature-extraction"}
 #: Captions of the figures ``zoo.demo.figures`` writes, in the order the card shows them.
 FIGURE_CAPTIONS = {
@@ -51,6 +51,8 @@ FIGURE_CAPTIONS = {
                     "the true colours (bottom row).",
     "manifold": "The learned 2-D latent space: decodings of a 16 x 16 grid over the prior's quantiles.",
     "interpolation": "Decodings along a straight line between the latent codes of two test images.",
+    "components": "Samples from each mixture component of the prior, one row per component, by weight.",
+    "clusters": "Test images grouped by the cluster (mixture component) the model assigns them to, one row each.",
 }
 
 

@@ -33,5 +33,6 @@ TASKS: dict[str, Task] = {
         Task("denoise", "denoise", "image", "image", "remove noise from a corrupted image"),
         Task("colorize", "colorize", "image", "image", "turn a greyscale image into a colour one"),
         Task("anomaly-score", "anomaly_score", "image", "scalar", "how poorly the model explains an image; higher is more anomalous"),
+        Task("cluster", "cluster", "image", "scalar", "the index of the mixture component (cluster) an image is assigned to"),
     )
 }

@@ -82,6 +82,11 @@ class VariationalAutoencoder(Autoencoder):
         overrides it, and :meth:`importance_weighted_log_likelihood` then uses that prior."""
         return log_normal_standard(z)
 
+    def kl_divergence(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """The ELBO's regulariser per image, KL(q(z|x) || p(z)): analytic against the standard normal.
+        A VAE with another prior overrides it, and ``zoo eval``'s KL and negative ELBO then use it."""
+        return kl_standard_normal(mu, logvar)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
 
@@ -94,7 +99,7 @@ class VariationalAutoencoder(Autoencoder):
     def loss(self, batch: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
         mu, logvar = self.posterior(batch)
         z = self.reparameterize(mu, logvar, sample=True)
-        terms = elbo(self.log_likelihood(self.decoder_logits(z), batch), kl_standard_normal(mu, logvar), self.kl_schedule(step))
+        terms = elbo(self.log_likelihood(self.decoder_logits(z), batch), self.kl_divergence(mu, logvar), self.kl_schedule(step))
         return terms.as_dict()
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

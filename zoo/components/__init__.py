@@ -9,6 +9,13 @@ from zoo.components.losses import (
     gaussian_log_likelihood,
     kl_standard_normal,
 )
+from zoo.components.mixture_prior import (
+    GaussianMixtureFit,
+    GaussianMixturePrior,
+    KMeansFit,
+    fit_gaussian_mixture,
+    kmeans,
+)
 from zoo.components.reparameterize import GaussianReparameterization, log_normal_standard
 
 __all__ = [
@@ -26,4 +33,9 @@ __all__ = [
     "elbo",
     "GaussianReparameterization",
     "log_normal_standard",
+    "GaussianMixturePrior",
+    "GaussianMixtureFit",
+    "KMeansFit",
+    "fit_gaussian_mixture",
+    "kmeans",
 ]

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from zoo.components import kl_standard_normal
 from zoo.components.color import rgb_to_gray
 from zoo.errors import ZooError
 from zoo.evaluation.metrics import psnr, ssim
@@ -114,7 +113,7 @@ def _likelihood(model, images, *, k, seed, batch_size, device, chunk) -> dict[st
             report_progress(len(x))
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
         recon = -model.log_likelihood(_in_pieces(model.decoder_logits, z, max_pass), x)
-        kl = kl_standard_normal(mu, logvar)
+        kl = model.kl_divergence(mu, logvar)
         sums["nll_iwae"] += float(-log_px.double().sum())
         sums["neg_elbo"] += float((recon + kl).double().sum())
         sums[recon_key] += float(recon.double().sum())
