@@ -14,19 +14,42 @@ from zoo.model import Autoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
-    "colorization-ae-photos": "22ee75bc4ef8ad689df3967950e40d5371669773c8d75d82596c328a811f4347",
+    "colorization-ae-photos": "c3f871ca485aae99c8b4fd9369c330483a7985f16bafb5bb96515f922851866a",
 }
 AB_SCALE = 100.0  # Lab a/b are predicted in units of 100, i.e. roughly [-1.1, 1.1]
+AB_RANGE = 110.0  # the classification objective's bins tile a/b in [-AB_RANGE, AB_RANGE]^2 (sRGB fits inside)
+OBJECTIVES = ("regression", "classification")
 
 
 @dataclasses.dataclass
 class ColorizationAEConfig(ModelConfig):
-    """``channels`` lists the widths of the U-Net's stride-2 stages; ``image_channels`` is the output's (RGB)."""
+    """``channels`` lists the widths of the U-Net's stride-2 stages; ``image_channels`` is the output's (RGB).
+
+    ``objective`` is how the chroma is learned:
+
+    - ``regression`` (the default): the network outputs a/b directly, trained with a unit-variance
+      Gaussian likelihood (L2). Where colour is ambiguous the L2 optimum is the average of the
+      possible colours, which is greyish, so the output comes out desaturated.
+    - ``classification``: the network outputs a distribution over ``ab_bins`` x ``ab_bins`` square
+      bins tiling a/b in [-110, 110]^2, trained with cross-entropy against each true a/b split
+      bilinearly over its four nearest bin centres. It is decoded by the *annealed mean*: the mean
+      bin centre under the distribution sharpened as ``softmax(logits / temperature)``. A temperature
+      of 1 gives the plain mean (as greyish as regression); lower values move towards the most likely
+      colour, trading some PSNR for saturation. ``temperature`` only affects decoding, so it can be
+      chosen on validation data after training. In training, the cross-entropy is taken on every
+      ``loss_stride``-th pixel of each row and column (an offset that moves with the step covers them
+      all): the per-pixel softmax over the bins costs more than the rest of the network, and
+      neighbouring pixels' colours are nearly the same.
+    """
 
     image_channels: int = 3
     image_size: int = 32
     channels: tuple[int, ...] = (32, 64, 128)
     activation: str = "relu"
+    objective: str = "regression"
+    ab_bins: int = 16
+    temperature: float = 0.38
+    loss_stride: int = 2
 
     def validate(self) -> None:
         self.require(self.image_channels == 3, "image_channels", "must be 3 (the output is RGB)")
@@ -35,6 +58,9 @@ class ColorizationAEConfig(ModelConfig):
         self.require_choice("activation", ACTIVATIONS)
         self.require(divisible_side(self.image_size, len(self.channels)), "image_size",
                      f"must be divisible by 2**{len(self.channels)} (one halving per entry of channels)")
+        self.require_choice("objective", OBJECTIVES)
+        self.require(self.ab_bins >= 2, "ab_bins", "must be at least 2")
+        self.require_positive("temperature", "loss_stride")
 
 
 class ColorizationAE(Autoencoder):
@@ -59,8 +85,16 @@ class ColorizationAE(Autoencoder):
         up_widths = (*chans[-2::-1], chans[0])
         self.up = nn.ModuleList(UpBlock(a, b, act) for a, b in zip(chans[::-1], up_widths))
         merges = [nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), activation(act)) for c in chans[-2::-1]]
-        head = nn.Sequential(nn.Conv2d(chans[0] + 1, chans[0], 3, padding=1), activation(act), nn.Conv2d(chans[0], 2, 3, padding=1))
+        if config.objective == "classification":  # per-pixel logits over the a/b bins
+            output = nn.Conv2d(chans[0], config.ab_bins ** 2, 1)
+        else:
+            output = nn.Conv2d(chans[0], 2, 3, padding=1)
+        head = nn.Sequential(nn.Conv2d(chans[0] + 1, chans[0], 3, padding=1), activation(act), output)
         self.merge = nn.ModuleList([*merges, head])
+        # the bins' centres in units of AB_SCALE, (bins^2, 2), bin k = (row k // bins: a, column k % bins: b)
+        centres = torch.linspace(-AB_RANGE, AB_RANGE, config.ab_bins) / AB_SCALE
+        grid = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1).reshape(-1, 2)
+        self.register_buffer("ab_centres", grid, persistent=False)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -71,15 +105,52 @@ class ColorizationAE(Autoencoder):
         return (3, self.config.image_size, self.config.image_size)
 
     def predict_ab(self, lightness: torch.Tensor) -> torch.Tensor:
-        """Lab lightness (N, 1, H, W) in [0, 100] -> a/b chroma in units of AB_SCALE."""
+        """Lab lightness (N, 1, H, W) in [0, 100] -> a/b chroma (N, 2, H, W) in units of AB_SCALE."""
+        out = self._network(lightness)
+        if self.config.objective == "classification":
+            return self.annealed_mean(out)
+        return out
+
+    def annealed_mean(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Bin logits (N, bins^2, H, W) -> a/b (N, 2, H, W): the mean bin centre under softmax(logits / T)."""
+        t = self.config.temperature if temperature is None else temperature
+        probs = torch.softmax(logits.float().permute(0, 2, 3, 1) / t, dim=-1)  # bins last: a fast reduction
+        return (probs @ self.ab_centres.to(probs)).permute(0, 3, 1, 2)
+
+    def ab_logits(self, lightness: torch.Tensor) -> torch.Tensor:
+        """Lab lightness -> the per-pixel logits over the a/b bins (classification objective only)."""
+        if self.config.objective != "classification":
+            raise ValueError(f"ab_logits() needs objective='classification', not {self.config.objective!r}")
+        return self._network(lightness)
+
+    def _soft_bins(self, target_ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """True a/b (N, 2, H, W) -> the four nearest bins (N, 4, H, W) and their bilinear weights (sum 1)."""
+        bins = self.config.ab_bins
+        step = 2 * AB_RANGE / (bins - 1)
+        pos = ((target_ab * AB_SCALE + AB_RANGE) / step).clamp(0, bins - 1)  # fractional bin coordinates
+        low = pos.floor().clamp(max=bins - 2)
+        frac = pos - low
+        low = low.long()
+        a0, b0 = low[:, 0], low[:, 1]
+        fa, fb = frac[:, 0], frac[:, 1]
+        index = torch.stack([a0 * bins + b0, a0 * bins + b0 + 1, (a0 + 1) * bins + b0, (a0 + 1) * bins + b0 + 1], 1)
+        weight = torch.stack([(1 - fa) * (1 - fb), (1 - fa) * fb, fa * (1 - fb), fa * fb], 1)
+        return index, weight
+
+    def _network(self, lightness: torch.Tensor) -> torch.Tensor:
+        return self.merge[-1][-1](self._features(lightness))
+
+    def _features(self, lightness: torch.Tensor) -> torch.Tensor:
+        """The U-Net up to (not including) its output convolution."""
         h = lightness / 50.0 - 1.0
         skips = [h]
         for block in self.down:
             h = block(h)
             skips.append(h)
         skips.pop()
-        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
-            h = merge(torch.cat([up(h), skip], dim=1))
+        last = len(self.merge) - 1
+        for i, (up, merge, skip) in enumerate(zip(self.up, self.merge, reversed(skips))):
+            h = (merge[:-1] if i == last else merge)(torch.cat([up(h), skip], dim=1))
         return h
 
     def colorize(self, gray: torch.Tensor) -> torch.Tensor:
@@ -93,7 +164,24 @@ class ColorizationAE(Autoencoder):
 
     def loss(self, batch: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
         target_ab = rgb_to_lab(batch)[:, 1:] / AB_SCALE
-        predicted_ab = self.predict_ab(gray_lightness(rgb_to_gray(batch)))
+        lightness = gray_lightness(rgb_to_gray(batch))
+        if self.config.objective == "classification":
+            features = self._features(lightness)
+            stride = self.config.loss_stride
+            if self.training and stride > 1:  # the loss on every stride-th pixel, offset moving with the step
+                dy, dx = divmod((step or 0) % stride**2, stride)
+                features, target_ab = features[:, :, dy::stride, dx::stride], target_ab[:, :, dy::stride, dx::stride]
+            logits = self.merge[-1][-1](features)
+            index, weight = self._soft_bins(target_ab)
+            log_probs = torch.log_softmax(logits.float().permute(0, 2, 3, 1), dim=-1)  # (N, H, W, bins^2)
+            picked = log_probs.gather(-1, index.permute(0, 2, 3, 1))
+            cross_entropy = -(picked * weight.permute(0, 2, 3, 1)).sum(-1)  # per pixel, nats
+            terms = {"loss": cross_entropy.mean()}
+            if not self.training:  # decoding costs as much as the loss: only for validation
+                with torch.no_grad():
+                    terms["ab_mse"] = (self.annealed_mean(logits) - target_ab).pow(2).mean()
+            return terms
+        predicted_ab = self.predict_ab(lightness)
         log_likelihood = gaussian_log_likelihood(predicted_ab, target_ab, sigma=1.0)
         return {"loss": -log_likelihood.mean(), "ab_mse": (predicted_ab - target_ab).pow(2).mean().detach()}
 

@@ -95,8 +95,16 @@ def test_card_follows_huggingface_conventions(tmp_path):
 
 def test_photo_cards_state_how_small_the_photo_set_is(tmp_path):
     body = ModelCard(render_card(colorizer_folder(tmp_path))).text
-    assert "3,328 training patches (32x32) cut from just 13 photos" in body
-    assert "1,024 test patches from 4 held-out photos (mate-Dune, mate-FreshFlower, mate-Wood, mate-YellowFlower)" in body
+    from zoo.data.registry import DATASETS, PHOTOS
+
+    recipe = DATASETS["photos"].patches
+    per_photo = len(recipe.scales) * recipe.per_scale
+    train = recipe.split_photos(list(DATASETS["photos"].files))["train"]
+    fit = len(train) - DATASETS["photos"].validation.groups
+    assert f"{per_photo * fit:,} training patches (32x32) cut from just {fit} photos" in body
+    assert f"validation patches from {DATASETS['photos'].validation.groups} others" in body
+    assert "3,072 test patches from 12 held-out photos (lomiri-Bridge_by_Sander_Klootwijk" in body
+    assert f"The training photos are {len(PHOTOS)} freely licensed photographs from: scikit-image" in body
 
 
 def test_registered_models_get_the_name_snippet(tmp_path):

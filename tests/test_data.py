@@ -17,6 +17,7 @@ from zoo.data import Batches, DataError, DatasetSpec, ImageDataset
 from zoo.data.patches import PatchRecipe
 from zoo.data.readers import read_idx_split, read_npy_split
 from zoo.data.sources import Source
+from zoo.data.validation import ValidationSplit, indices_sha256
 from zoo.errors import ZooError
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -76,9 +77,9 @@ def register(monkeypatch, spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-def idx_spec(name: str, pins: dict[str, str], *sources: Source) -> DatasetSpec:
+def idx_spec(name: str, pins: dict[str, str], *sources: Source, validation=None) -> DatasetSpec:
     return DatasetSpec(name=name, description="tiny test set", shape=(1, 4, 4), files=pins,
-                       sources=sources, read=read_idx_split)
+                       sources=sources, read=read_idx_split, validation=validation)
 
 
 # --- IDX parsing -------------------------------------------------------------------------------
@@ -189,6 +190,81 @@ def test_corrupt_installed_file_is_deleted_and_refetched(data_home, monkeypatch)
     assert labels.read_bytes() == files["t10k-labels-idx1-ubyte"]
 
 
+# --- the validation split -------------------------------------------------------------------------
+
+
+def test_fit_and_val_divide_train_disjointly_the_same_way_every_time(data_home, monkeypatch):
+    files = tiny_idx_files(n_train=40)
+    pins = {n: sha(c) for n, c in files.items()}
+    split = ValidationSplit(count=7, seed=3)
+    register(monkeypatch, idx_spec("tiny", pins, writing_source("registry package", files), validation=split))
+    zoo.data.fetch("tiny")
+
+    train, fit, val = (zoo.data.load("tiny", s) for s in ("train", "fit", "val"))
+    again = zoo.data.load("tiny", "val")
+
+    assert (len(train), len(fit), len(val)) == (40, 33, 7)
+    val_ids, fit_ids = val.source_indices, fit.source_indices
+    assert not set(val_ids.tolist()) & set(fit_ids.tolist())
+    assert sorted(val_ids.tolist() + fit_ids.tolist()) == list(range(40))
+    assert torch.equal(val.images, train.images[val_ids]) and torch.equal(fit.labels, train.labels[fit_ids])
+    assert torch.equal(again.images, val.images) and again.selection == val.selection
+    assert val.split == "val" and fit.split == "fit" and train.selection is None
+    assert val.checksum == fit.checksum == train.checksum == zoo.data.checksum("tiny")
+    assert val.selection["val_indices_sha256"] == fit.selection["val_indices_sha256"] == indices_sha256(val_ids)
+    assert fit.selection["indices_sha256"] == indices_sha256(fit_ids)
+    assert (val.selection["val_images"], val.selection["fit_images"], val.selection["seed"]) == (7, 33, 3)
+    other = ValidationSplit(count=7, seed=4).val_indices(np.zeros(40))
+    assert not np.array_equal(other, val_ids.numpy())  # the seed matters
+
+
+def test_a_pinned_validation_split_that_changes_is_an_error(data_home, monkeypatch):
+    files = tiny_idx_files(n_train=40)
+    pins = {n: sha(c) for n, c in files.items()}
+    good = indices_sha256(ValidationSplit(count=7).val_indices(np.zeros(40)))
+    register(monkeypatch, idx_spec("tiny", pins, writing_source("registry package", files),
+                                   validation=ValidationSplit(count=7, val_sha256=good)))
+    zoo.data.fetch("tiny")
+    assert len(zoo.data.load("tiny", "val")) == 7
+    register(monkeypatch, idx_spec("tiny", pins, validation=ValidationSplit(count=7, val_sha256="0" * 64)))
+    with pytest.raises(DataError, match=r"tiny: the validation split came out different from the pinned one"):
+        zoo.data.load("tiny", "fit")
+
+
+def test_splits_that_do_not_exist_are_named(data_home, monkeypatch):
+    files = tiny_idx_files()
+    register(monkeypatch, idx_spec("tiny", {n: sha(c) for n, c in files.items()},
+                                   writing_source("registry package", files)))
+    zoo.data.fetch("tiny")
+    with pytest.raises(DataError, match=r"tiny has no validation split .*so there is no 'val'; use 'train' and 'test'"):
+        zoo.data.load("tiny", "val")
+    with pytest.raises(DataError, match=r"unknown split 'valid' for tiny; use one of train, test, fit, val"):
+        zoo.data.load("tiny", "valid")
+    with pytest.raises(ValueError, match="not both"):
+        ValidationSplit(count=3, groups=1)
+    with pytest.raises(DataError, match="cannot hold out 6 of 6 training images"):
+        ValidationSplit(count=6).val_indices(np.zeros(6), where="tiny")
+
+
+def test_group_validation_split_keeps_each_group_on_one_side():
+    labels = np.repeat(np.array([3, 8, 1, 5, 9]), 4)
+    split = ValidationSplit(groups=2, seed=0)
+    val, record = split.select("val", labels)
+    fit, _ = split.select("fit", labels)
+    assert len(set(labels[val].tolist())) == 2 and not set(labels[val].tolist()) & set(labels[fit].tolist())
+    assert sorted(val.tolist() + fit.tolist()) == list(range(20))
+    assert record["val_labels"] == sorted(set(labels[val].tolist()))
+
+
+def test_builtin_validation_splits_are_pinned():
+    spec = zoo.data.get_spec("mnist")
+    assert spec.validation.count == 5000 and zoo.data.get_spec("fashion-mnist").validation == spec.validation
+    val = spec.validation.val_indices(np.zeros(60000, dtype=np.int64))
+    assert len(val) == 5000 and indices_sha256(val) == spec.validation.val_sha256  # the rule reproduces its pin
+    photos = zoo.data.get_spec("photos").validation
+    assert photos.groups > 0 and photos.count == 0  # whole photos (a patch's label), like the test split
+
+
 # --- photo patches --------------------------------------------------------------------------------
 
 
@@ -242,6 +318,118 @@ def test_patch_dataset_is_built_cached_and_verified(data_home, tmp_path, monkeyp
         zoo.data.load("tiny-photos")
     assert torch.equal(zoo.data.load("tiny-photos", download=True).images, train.images)
 
+
+
+def test_photo_registry_records_source_licence_and_sha256_of_every_photo():
+    from zoo.data.registry import PHOTOS
+    from zoo.data.sources import SKIMAGE
+
+    spec = zoo.data.get_spec("photos")
+    names = [photo.name for photo in PHOTOS]
+
+    assert len(names) == len(set(names)) == len(spec.files) >= 50
+    assert spec.files == {photo.name: photo.sha256 for photo in PHOTOS}
+    for photo in PHOTOS:
+        assert len(photo.sha256) == 64 and int(photo.sha256, 16) >= 0, photo.name
+        assert photo.package and photo.version and photo.path and photo.credit, photo.name
+        assert any(term in photo.licence for term in ("GPL", "CC", "public domain", "BSD", "GFDL", "matplotlib")), \
+            photo.name
+        assert Path(photo.name.split("-", 1)[1]).stem in photo.path, photo.name  # named after the file it is
+    # every photo comes from exactly one source: the package (at its pinned version) named in its entry
+    provided = [(name, source.label) for source in spec.sources for name in source.files]
+    assert sorted(name for name, _ in provided) == sorted(names)
+    label = dict(provided)
+    for photo in PHOTOS:
+        expected = "scikit-image" if photo.package == SKIMAGE else f"Debian package {photo.package} {photo.version}"
+        assert label[photo.name].startswith(expected), (photo.name, label[photo.name])
+
+
+def test_photo_split_is_by_photo_disjoint_and_spread_over_collections():
+    from zoo.data.patches import collection_of, collections_of
+
+    spec = zoo.data.get_spec("photos")
+    split = spec.patches.split_photos(list(spec.files))
+
+    assert split == spec.patches.split_photos(list(reversed(list(spec.files))))  # order of the names is irrelevant
+    assert not set(split["train"]) & set(split["test"])
+    assert sorted(split["train"] + split["test"]) == sorted(spec.files)
+    assert len(split["test"]) == spec.patches.test_photos
+    # the test photos come from every collection big enough to lend one, in proportion to its size
+    sizes = {c: len(m) for c, m in collections_of(list(spec.files)).items()}
+    held = {c: sum(collection_of(n) == c for n in split["test"]) for c in sizes}
+    for collection, size in sizes.items():
+        share = spec.patches.test_photos * size / len(spec.files)
+        assert abs(held[collection] - share) < 1, (collection, held[collection], share)
+
+
+def test_spread_test_split_takes_each_collections_share():
+    names = [f"big-{i}.png" for i in range(6)] + [f"mid-{i}.png" for i in range(3)] + ["one-0.png"]
+    recipe = PatchRecipe(test_photos=5, spread_test=True, seed=3)
+
+    split = recipe.split_photos(names)
+    again = PatchRecipe(test_photos=5, spread_test=True, seed=3).split_photos(names)
+    other = PatchRecipe(test_photos=5, spread_test=True, seed=4).split_photos(names)
+
+    counts = {c: sum(n.startswith(c + "-") for n in split["test"]) for c in ("big", "mid", "one")}
+    assert counts == {"big": 3, "mid": 2, "one": 0}  # 5 * 6/10 = 3, 5 * 3/10 = 1.5 -> 2, 5 * 1/10 = 0.5 -> 0
+    assert split == again and split != other
+    with pytest.raises(ValueError, match="cannot hold out 10 of 10 photos"):
+        PatchRecipe(test_photos=10, spread_test=True).split_photos(names)
+
+
+def test_patch_cutting_is_deterministic_and_seeded(tmp_path):
+    path = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 120, 3), dtype=np.uint8)).save(path)
+    recipe = PatchRecipe(size=8, scales=(0.25, 0.5), per_scale=5, seed=2)
+
+    first, again = recipe.cut(path, 3), recipe.cut(path, 3)
+
+    assert first.shape == (10, 3, 8, 8) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, recipe.cut(path, 4))  # each photo has its own draws
+    assert not np.array_equal(first, PatchRecipe(size=8, scales=(0.25, 0.5), per_scale=5, seed=5).cut(path, 3))
+
+
+def test_debian_source_asks_for_the_pinned_version_then_the_current_one(tmp_path, monkeypatch):
+    import zoo.data.sources as sources
+
+    calls = []
+
+    def fake_run(command, *, cwd, tool, hint=""):
+        calls.append(command)
+        if command[:2] == ["apt-get", "download"]:
+            if "=" in command[2]:
+                raise DataError("`apt-get download` failed with exit code 100: E: Version '1.0-1' not found")
+            (cwd / f"{command[2]}_2.0-1_all.deb").write_bytes(b"deb")
+        else:
+            (Path(command[3]) / "photo.jpg").parent.mkdir(parents=True)
+
+    monkeypatch.setattr(sources, "_run", fake_run)
+    source = sources.debian_package("some-wallpapers", {"x": "photo.jpg"}, version="1.0-1")
+
+    root = source.unpack(tmp_path)
+
+    assert source.label == "Debian package some-wallpapers 1.0-1"
+    assert [c[:3] for c in calls[:2]] == [["apt-get", "download", "some-wallpapers=1.0-1"],
+                                           ["apt-get", "download", "some-wallpapers"]]
+    assert calls[2][:2] == ["dpkg", "-x"] and root == tmp_path / "root"
+
+
+@pytest.mark.skipif(not zoo.data.is_fetched("photos"),
+                    reason="photos not fetched: run `zoo data fetch photos` (make test does)")
+def test_real_photo_splits_hold_out_whole_photos():
+    spec = zoo.data.get_spec("photos")
+    names = sorted(spec.files)
+    split = spec.patches.split_photos(names)
+    fit, val, test = (zoo.data.load("photos", s) for s in ("fit", "val", "test"))
+    photos = {name: set(d.labels.tolist()) for name, d in (("fit", fit), ("val", val), ("test", test))}
+
+    assert {names[i] for i in photos["test"]} == set(split["test"])
+    assert not photos["fit"] & photos["val"] and not photos["fit"] & photos["test"]
+    assert not photos["val"] & photos["test"]
+    assert len(photos["fit"] | photos["val"] | photos["test"]) == len(names)
+    per_photo = len(spec.patches.scales) * spec.patches.per_scale
+    assert len(test) == per_photo * len(split["test"]) and len(fit) + len(val) == per_photo * len(split["train"])
 
 # --- batching ---------------------------------------------------------------------------------
 
@@ -349,3 +537,25 @@ def test_real_mnist_through_user_loader():
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]
     assert abs(train.images.float().mean().item() / 255 - 0.1307) < 1e-3
     assert torch.bincount(train.labels).tolist()[:2] == [5923, 6742]
+
+
+@pytest.mark.skipif(not zoo.data.is_fetched("mnist"),
+                    reason="real MNIST not fetched: run `zoo data fetch mnist` (make test does)")
+def test_real_mnist_validation_split_is_55k_plus_5k():
+    fit, val = zoo.data.load("mnist", "fit"), zoo.data.load("mnist", "val")
+
+    assert len(fit) == 55000 and len(val) == 5000
+    assert val.selection["val_indices_sha256"] == zoo.data.get_spec("mnist").validation.val_sha256
+    assert not set(fit.source_indices.tolist()) & set(val.source_indices.tolist())
+    counts = torch.bincount(val.labels, minlength=10)
+    assert counts.min() > 400 and counts.max() < 600  # a random draw: every digit is there, roughly evenly
+
+
+@pytest.mark.skipif(not zoo.data.is_fetched("photos"),
+                    reason="photos not fetched: run `zoo data fetch photos` (make test does)")
+def test_real_photos_validation_holds_out_whole_training_photos():
+    train, fit, val, test = (zoo.data.load("photos", s) for s in ("train", "fit", "val", "test"))
+    photos = {name: set(d.labels.tolist()) for name, d in (("fit", fit), ("val", val), ("test", test))}
+
+    assert len(fit) + len(val) == len(train) and len(photos["val"]) == zoo.data.get_spec("photos").validation.groups
+    assert not photos["val"] & photos["fit"] and not photos["val"] & photos["test"]

@@ -33,8 +33,6 @@ HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fash
 DATA_TERMS = {
     "mnist": "The MNIST training data is by Y. LeCun, C. Cortes and C. J. C. Burges.",
     "fashion-mnist": "The Fashion-MNIST training data is by Zalando Research (MIT licence).",
-    "photos": "The training photos are scikit-image's bundled sample images (see their licences in "
-              "scikit-image's data README) and the nature photos of Debian's mate-backgrounds 1.26.0-1 (GPL-2+).",
 }
 #: model-index task of metrics whose metric set is not registered (any more); others take their set's.
 DEFAULT_TASK = ("image-to-image", None)
@@ -116,14 +114,31 @@ def eval_results(evaluation: dict[str, Any], model_name: str) -> list:
     return results
 
 
+def data_terms(dataset: str | None) -> str | None:
+    """Who made the training data and under which terms; for photo sets, every source package and its licences."""
+    from zoo.data.registry import PHOTOS
+
+    if dataset != "photos":
+        return DATA_TERMS.get(dataset or "")
+    licences: dict[str, set[str]] = {}
+    for photo in PHOTOS:
+        licences.setdefault(f"{photo.package} {photo.version}", set()).add(photo.licence)
+    listed = "; ".join(f"{package} ({', '.join(sorted(terms))})" for package, terms in licences.items())
+    return (f"The training photos are {len(PHOTOS)} freely licensed photographs from: {listed}. Each photo's "
+            "licence, credit and sha256 are in ae-zoo's data registry (`zoo.data.registry.PHOTOS`).")
+
+
 def _patch_split(spec) -> dict[str, Any] | None:
     recipe = getattr(spec, "patches", None)
     if recipe is None:
         return None
     split = recipe.split_photos(list(spec.files))
     per_photo = len(recipe.scales) * recipe.per_scale
+    held_out = spec.validation.groups if spec.validation is not None else 0
+    fit_photos = len(split["train"]) - held_out
     return {"size": recipe.size, "per_photo": per_photo,
-            "train_photos": len(split["train"]), "train_patches": per_photo * len(split["train"]),
+            "train_photos": fit_photos, "train_patches": per_photo * fit_photos,
+            "val_photos": held_out, "val_patches": per_photo * held_out,
             "test": [Path(n).stem for n in split["test"]], "test_patches": per_photo * len(split["test"])}
 
 
@@ -142,8 +157,9 @@ def dataset_limitations(dataset: str | None) -> list[str]:
     patches = _patch_split(spec)
     if patches:
         notes.append(
-            f"**The photo set is tiny:** {patches['train_patches']:,} training patches ({patches['size']}x"
-            f"{patches['size']}) cut from just {patches['train_photos']} photos, and {patches['test_patches']:,} "
+            f"**The photo set is small:** {patches['train_patches']:,} training patches ({patches['size']}x"
+            f"{patches['size']}) cut from just {patches['train_photos']} photos, {patches['val_patches']:,} "
+            f"validation patches from {patches['val_photos']} others, and {patches['test_patches']:,} "
             f"test patches from {len(patches['test'])} held-out photos ({', '.join(patches['test'])}). The model "
             "has seen few scenes, colours and textures: expect much worse results on other content (faces, "
             "indoor scenes, man-made objects), and read the test numbers as describing those "
@@ -282,7 +298,7 @@ def card_context(folder: str | Path, *, name: str | None = None, repo_id: str | 
         "evaluation": _evaluation_context(evaluation) if evaluation else None,
         "recipe": {"command": recipe.get("command", ""), "rows": _recipe_rows(recipe)} if recipe else None,
         "limitations": limitations, "license_text": "the Apache License 2.0",
-        "data_license": DATA_TERMS.get(dataset or ""),
+        "data_license": data_terms(dataset),
         "anomaly": _anomaly_context(folder, model),
         "applications": _applications(folder),
     }

@@ -7,9 +7,10 @@ from zoo.data.acquire import fetch
 from zoo.data.batches import Batches
 from zoo.data.dataset import ImageDataset
 from zoo.data.idx import read_idx
-from zoo.data.loading import checksum, is_fetched, load
+from zoo.data.loading import SPLITS, checksum, is_fetched, load
 from zoo.data.paths import data_dir, dataset_dir
 from zoo.data.registry import DATASETS, DatasetSpec, get_spec
+from zoo.data.validation import ValidationSplit
 from zoo.errors import DataError
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "DataError",
     "DatasetSpec",
     "ImageDataset",
+    "SPLITS",
+    "ValidationSplit",
     "checksum",
     "data_dir",
     "dataset_dir",

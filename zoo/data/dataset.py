@@ -10,10 +10,13 @@ class ImageDataset(TensorDataset):
     """A TensorDataset of uint8 ``images`` (N, C, H, W) and int64 ``labels`` (N,).
 
     ``checksum`` is the combined sha256 of the dataset's files, for recording in recipes.
+    ``selection`` describes a split cut from another (``fit``/``val`` from ``train``: the rule,
+    the seed, the sizes and the sha256 of the chosen indices) and ``source_indices`` holds those
+    indices (int64); both are None for a split read whole.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, name: str, split: str,
-                 checksum: str):
+                 checksum: str, selection: dict | None = None, source_indices: torch.Tensor | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise DataError(f"{name}/{split}: images must be uint8 (N, C, H, W), "
                             f"got {images.dtype} {tuple(images.shape)}")
@@ -24,6 +27,8 @@ class ImageDataset(TensorDataset):
         self.name = name
         self.split = split
         self.checksum = checksum
+        self.selection = selection
+        self.source_indices = source_indices
 
     @property
     def images(self) -> torch.Tensor:

