@@ -123,11 +123,11 @@ def interpolated(points: list[dict], rate: float) -> float | None:
     return float(np.interp(np.log(rate), np.log([b for b, _ in envelope]), [q for _, q in envelope]))
 
 
-def check_targets(points: list[dict]) -> list[str]:
+def check_targets(points: list[dict], models: tuple[str, ...] = MODELS) -> list[str]:
     lines = []
     png = next(p for p in points if p["codec"] == "PNG")
     baselines = [p for p in points if p["codec"] in QUALITIES]
-    for name in MODELS:
+    for name in models:
         ours = model_points(points, name)
         lines.append(f"\n{name}: target 1, PSNR above JPEG/WebP at equal mean bytes (zoo: best setting within their bytes)")
         met = ties = total = 0
@@ -163,12 +163,12 @@ def check_targets(points: list[dict]) -> list[str]:
     return lines
 
 
-def card_lines(points: list[dict], count: int, start: int = 0) -> dict[str, str]:
+def card_lines(points: list[dict], count: int, start: int = 0, models: tuple[str, ...] = MODELS) -> dict[str, str]:
     """One rate-distortion line per model, for its model card."""
     png = next(p for p in points if p["codec"] == "PNG")["bytes"]
     webp_lossless = next(p for p in points if p["codec"] == "WEBP" and p["setting"] == "lossless")["bytes"]
     lines = {}
-    for name in MODELS:
+    for name in models:
         ours = {p["setting"]: p for p in model_points(points, name)}
         latent = ours[f"--step {RESIDUAL_LATENT_STEP:g}"]
         mid = ours[f"--step {RESIDUAL_LATENT_STEP:g} --residual-step 8"]
@@ -252,6 +252,8 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="index of the first test image (default 0)")
     parser.add_argument("--json", type=Path, default=None, help="also write every point to this JSON file")
     parser.add_argument("--figure", type=Path, default=FIGURE, help="where to draw the curves")
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        help=f"zoo models to measure (default: {' '.join(MODELS)}; the figure draws those two)")
     parser.add_argument("--cards", action="store_true",
                         help="write each model's line into model_cards/NAME/applications.json (then `zoo card NAME`)")
     args = parser.parse_args()
@@ -262,7 +264,7 @@ def main() -> None:
     originals = dataset.images[start:start + count, 0].numpy()
     images = dataset.images[start:start + count].float() / 255.0
     points = baseline_points(originals)
-    for name in MODELS:
+    for name in args.models:
         points += zoo_points(name, images, originals)
     print(f"MNIST test images {start}-{start + count - 1}. bytes: mean per image, whole files (zoo: 'format' = header + checksums); "
           f"PSNR: mean per image (identical = {CAP:.0f} dB); pooled: PSNR of the mean MSE")
@@ -274,8 +276,8 @@ def main() -> None:
               f"{p['ssim']:6.3f} {p['exact']:6d} {timing:>11}")
     draw(points, args.figure)
     print(f"rate-distortion curves: {args.figure}")
-    print("\n".join(check_targets(points)))
-    lines = card_lines(points, count, start)
+    print("\n".join(check_targets(points, args.models)))
+    lines = card_lines(points, count, start, args.models)
     print("\nmodel card lines:\n" + "\n".join(f"{name}: {line}" for name, line in lines.items()))
     if args.cards:
         write_card_entries(lines)
