@@ -1,6 +1,9 @@
 """Shared fixtures: fake plugin distributions discovered through real entry points."""
 
-import importlib
+# setuptools first: torch.compile's C++ builder imports it, and setuptools refuses to load (an
+# AssertionError from its distutils shim) once any earlier import has pulled in the stdlib's distutils.
+import setuptools  # noqa: F401
+
 import importlib
 import subprocess
 import sys

@@ -255,6 +255,23 @@ def served_isolated(zoo_models, runtime_python, tmp_path_factory):
         server.stop(directory)
 
 
+def refused_while_sending(send, *args, attempts: int = 3):
+    """``send(*args)`` for a body the server refuses before reading all of it.
+
+    The server may answer and close while the client is still writing the body; the client then
+    sees a broken pipe or a reset instead of the reply, which says nothing about the server's
+    status. Such a send is repeated (the server keeps serving) so the reply itself can be checked.
+    """
+    import urllib.error
+
+    for attempt in range(attempts):
+        try:
+            return send(*args)
+        except (ConnectionError, urllib.error.URLError) as exc:
+            if attempt == attempts - 1 or isinstance(exc, urllib.error.HTTPError):
+                raise
+
+
 def post(url: str, body: bytes, content_type: str | None, headers: dict[str, str] | None = None, timeout: float = 60):
     """(status, JSON body or {"raw": text}) for any status, through the zoo's own client."""
     reply = client.post(url, body, content_type, headers, timeout)

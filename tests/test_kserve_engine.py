@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tests.kserve_forms import answer_locally, assert_same_reply, reference_service, v1_forms, v2_forms
-from tests.serving_fixtures import b64, listening, post, random_image, with_example_plugin
+from tests.serving_fixtures import b64, listening, post, random_image, refused_while_sending, with_example_plugin
 import zoo
 from zoo.serving import PackageOptions, ServingError, package, server
 
@@ -203,7 +203,7 @@ def test_bad_requests_get_a_short_4xx_and_the_server_keeps_serving(engine, refer
 
 def test_bodies_over_the_models_limit_are_refused_before_parsing(engine, reference):
     limit = reference.spec.body_bytes
-    status, reply = send(engine, V1, b'{"instances": ["' + b"A" * limit + b'"]}')
+    status, reply = refused_while_sending(send, engine, V1, b'{"instances": ["' + b"A" * limit + b'"]}')
     assert status == 413 and str(limit) in reply["error"], (status, reply)
     status, _ = send(engine, V1, {"instances": [{"task": "sample", "n": 1}]})
     assert status == 200

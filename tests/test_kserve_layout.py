@@ -24,7 +24,7 @@ import pytest
 
 import zoo
 from tests.kserve_forms import answer_locally, assert_same_reply, reference_service, v1_forms, v2_forms
-from tests.serving_fixtures import b64, post, random_image
+from tests.serving_fixtures import b64, post, random_image, refused_while_sending
 from zoo.serving import server
 from zoo.serving.package import KSERVE_PORTS, KSERVE_STORE
 
@@ -183,7 +183,7 @@ def test_bodies_over_a_models_limit_get_413(kserve, references):
     limit = int(re.search(r"max_request_size=(\d+)", kserve.properties).group(1))
     assert limit == max(r.spec.body_bytes for r in references.values())
     for size in (references[MODEL].spec.body_bytes, limit):
-        status, reply = kserve.post(V1_PATHS[0], b'{"instances": ["' + b"A" * size + b'"]}')
+        status, reply = refused_while_sending(kserve.post, V1_PATHS[0], b'{"instances": ["' + b"A" * size + b'"]}')
         assert status == 413, (size, status, reply)
 
 
