@@ -29,7 +29,7 @@ import zoo
 from zoo.components import MLP, GaussianMixturePrior, elbo, fit_gaussian_mixture
 from zoo.components.blocks import ACTIVATIONS
 from zoo.components.reparameterize import log_normal_diagonal
-from zoo.vae import VAEConfig, VariationalAutoencoder, _fast_inference, _repeated, _tiles
+from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
@@ -194,54 +194,6 @@ class MixtureVAE(VariationalAutoencoder):
         """Draw a component from ``pi``, a latent from that component, and decode it."""
         z, _ = self.prior.sample(n, generator=generator, device=self.device)
         return self.decode(z)
-
-    def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO per image at the posterior mean (the mixture KL of :meth:`kl_divergence`), in nats."""
-        mu, logvar = self.posterior(x)
-        logits, x, mu, logvar = (t.double() for t in (self.decoder_logits(mu), x, mu, logvar))
-        return (self.kl_divergence(mu, logvar) - self.log_likelihood(logits, x)).float()
-
-    @torch.no_grad()
-    def importance_weighted_log_likelihood(
-        self,
-        x: torch.Tensor,
-        k: int,
-        generator: torch.Generator | None = None,
-        chunk: int = 100,
-        *,
-        max_pass: int | None = None,
-        posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
-        progress=None,
-    ) -> torch.Tensor:
-        """The IWAE bound on ``log p(x)`` under the mixture prior:
-        ``logmeanexp_i [log p(x | z_i) + log p(z_i) - log q(z_i | x)]``, ``z_i ~ q(z | x)``.
-
-        Draws and tiling as :meth:`zoo.vae.VariationalAutoencoder.importance_weighted_log_likelihood`.
-        """
-        if k < 1:
-            raise ValueError(f"k must be >= 1 importance samples, got {k}")
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1 samples per block, got {chunk}")
-        if max_pass is not None and max_pass < 1:
-            raise ValueError(f"max_pass must be >= 1 decoder samples per pass, got {max_pass}")
-        with _fast_inference(self):
-            mu, logvar = posterior if posterior is not None else self.posterior(x)
-            n, latent = mu.shape
-            std = torch.exp(0.5 * logvar)
-            log_weights = torch.empty((k, n), dtype=mu.dtype, device=mu.device)
-            for start in range(0, k, chunk):
-                size = min(chunk, k - start)
-                eps = torch.randn((size, n, latent), generator=generator, device=mu.device, dtype=mu.dtype)
-                for rows, cols in _tiles(size, n, max_pass or size * n):
-                    r = rows.stop - rows.start
-                    z = mu[cols] + std[cols] * eps[rows, cols]  # (r, c, latent)
-                    log_px_z = self.log_likelihood(self.decoder_logits(z.reshape(-1, latent)),
-                                                   _repeated(x[cols], r)).view(r, -1)
-                    log_w = log_px_z + self.log_prior(z) - log_normal_diagonal(z, mu[cols], logvar[cols])
-                    log_weights[start + rows.start:start + rows.stop, cols] = log_w
-                    if progress is not None:
-                        progress(log_w.numel() / k)
-            return torch.logsumexp(log_weights, dim=0) - math.log(k)
 
 
 # ------------------------------------------------------------------------------------------

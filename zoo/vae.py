@@ -115,7 +115,7 @@ class VariationalAutoencoder(Autoencoder):
         """
         mu, logvar = self.posterior(x)
         logits, x, mu, logvar = (t.double() for t in (self.decoder_logits(mu), x, mu, logvar))
-        return (kl_standard_normal(mu, logvar) - self.log_likelihood(logits, x)).float()
+        return (self.kl_divergence(mu, logvar) - self.log_likelihood(logits, x)).float()
 
     @torch.no_grad()
     def importance_weighted_log_likelihood(
