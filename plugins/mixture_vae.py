@@ -60,6 +60,9 @@ class MixtureVAEConfig(VAEConfig):
         self.require_positive("hidden", "components", "init_restarts", "init_iterations")
         self.require_choice("activation", ACTIVATIONS)
         self.require(self.pretrain_epochs >= 0, "pretrain_epochs", "must be >= 0")
+        self.require(self.iwae_samples == 1, "iwae_samples", "must be 1: mixture-vae trains the VaDE ELBO")
+        self.require(self.prior == "standard", "prior", "must be 'standard': mixture-vae's prior is its own "
+                                                        "Gaussian mixture")
 
 
 class MixtureVAE(VariationalAutoencoder):

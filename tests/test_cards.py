@@ -171,7 +171,7 @@ def test_each_metric_goes_under_its_metric_sets_task(tmp_path):
     assert {m: v for m, (_, _, v) in index.items()} == evaluation["metrics"]
     likelihood = ("unconditional-image-generation", "Density estimation (test negative log-likelihood)")
     assert {m: t[:2] for m, t in index.items()} == {
-        **{m: likelihood for m in ("nll_iwae", "neg_elbo", "reconstruction_bce", "kl")},
+        **{m: likelihood for m in ("nll_iwae", "neg_elbo", "reconstruction_bce", "kl", "active_units")},
         **{m: ("image-to-image", "Image reconstruction")
            for m in ("reconstruct_bce", "reconstruct_mse", "reconstruct_psnr", "reconstruct_ssim")}}
     assert "test NLL (IWAE, k=4)" in card.text and "| `reconstruct_psnr` |" in card.text
@@ -246,3 +246,31 @@ def test_benchmark_results_in_applications_json_reach_the_card_with_their_comman
     (folder / "applications.json").write_text(json.dumps({"compression": {"title": "x"}}))
     with pytest.raises(zoo.errors.ZooError, match="entry 'compression' needs a title, lines and the command"):
         render_card(folder)
+
+
+def test_a_likelihood_card_sets_its_headline_next_to_the_zoos_models_measured_the_same_way(tmp_path):
+    """The card's comparison table: only models with the same test images, seed and k; this model marked."""
+    source = CARDS / "dense-vae-mnist-784-400-20"
+    folder = Path(shutil.copytree(source, tmp_path / "my-vae"))
+    text = render_card(folder, name="my-vae")
+    table = text[text.index("### Next to the zoo's other models"):text.index("\n## ", text.index("### Next"))]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    values = [float(row.split("|")[2].split()[0]) for row in rows]
+    assert values == sorted(values), "lower NLL is better: best first"
+    assert any(row.startswith("| **my-vae** (this model) | 92.13 nats | 652,824 | cpu: x86_64, 100 epochs,")
+               for row in rows)
+    # every other row is a bundled model whose eval.json agrees on what makes the numbers comparable
+    from zoo.plugins import get_host
+
+    mine = json.loads((source / "eval.json").read_text())
+    others = [row.split("`")[1] for row in rows if row.startswith("| `")]
+    assert "dense-vae-mnist-784-400-20" in others
+    for name in others:
+        theirs = json.loads((get_host().registry.model(name).bundled / "eval.json").read_text())
+        assert (theirs["k"], theirs["num_images"], theirs["seed"], theirs["data_checksum"]) == \
+            (mine["k"], mine["num_images"], mine["seed"], mine["data_checksum"])
+    assert len(rows) >= 2
+    # a different k measures something else: no table
+    evaluation = dict(mine, k=100)
+    (folder / "eval.json").write_text(json.dumps(evaluation))
+    assert "### Next to the zoo's other models" not in render_card(folder, name="my-vae")

@@ -114,3 +114,114 @@ def test_lab_round_trip_and_grey_reproduction():
     gray = rgb_to_gray(rgb)
     neutral = torch.cat([gray_lightness(gray), torch.zeros(3, 2, 8, 8)], dim=1)
     torch.testing.assert_close(lab_to_rgb(neutral), gray.expand(-1, 3, -1, -1), atol=1e-4, rtol=0)
+
+
+def test_importance_weighted_bound_is_the_log_mean_weight_and_tightens_with_k():
+    from zoo.components import importance_weighted_bound
+
+    log_w = torch.tensor([[-3.0, 0.0], [-1.0, 0.0]])
+    expected = torch.log(torch.tensor([(math.exp(-3) + math.exp(-1)) / 2, 1.0]))
+    assert torch.allclose(importance_weighted_bound(log_w), expected)
+    assert torch.equal(importance_weighted_bound(log_w[:1]), log_w[0])  # k = 1: the one-sample ELBO
+    # for weights with mean 1 (log p(x) = 0) the bound rises towards 0 as k grows
+    torch.manual_seed(0)
+    draws = torch.randn(1024, 4096) - 0.5  # log-normal weights: E[w] = exp(-0.5 + 0.5) = 1
+    bounds = [float(importance_weighted_bound(draws[:k]).mean()) for k in (1, 16, 1024)]
+    assert bounds[0] == pytest.approx(-0.5, abs=0.05) and bounds[0] < bounds[1] < bounds[2] < 0.01
+    with pytest.raises(ValueError, match=r"shaped \(k, N\)"):
+        importance_weighted_bound(torch.zeros(3))
+
+
+def test_a_vae_trains_the_iwae_bound_with_iwae_samples():
+    """loss() with iwae_samples=k is -mean(IWAE bound) over the same k draws; tighter than the ELBO."""
+    import zoo
+    from zoo.components.reparameterize import log_normal_diagonal
+
+    torch.manual_seed(0)
+    model = zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=3, iwae_samples=7).train()
+    x = torch.bernoulli(torch.rand(5, 1, 8, 8))
+    torch.manual_seed(1)
+    terms = model.loss(x)
+    torch.manual_seed(1)
+    mu, logvar = model.posterior(x)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(7, *mu.shape)
+    log_w = torch.stack([model.log_likelihood(model.decoder_logits(z[j]), x) for j in range(7)])
+    log_w = log_w - 0.5 * (z ** 2 + math.log(2 * math.pi)).sum(-1) - log_normal_diagonal(z, mu, logvar)
+    want = -(torch.logsumexp(log_w, 0) - math.log(7)).mean()
+    assert torch.allclose(terms["loss"], want, atol=1e-4)
+    assert terms["neg_iwae"] == terms["loss"].detach() and not terms["neg_iwae"].requires_grad
+    assert terms["loss"].requires_grad
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # averaged over draws, the IWAE loss sits below the negative ELBO
+    model.zero_grad()
+    losses = torch.stack([model.loss(x)["loss"].detach() for _ in range(40)])
+    elbos = torch.stack([model.loss(x)["neg_elbo"].detach() for _ in range(40)])
+    assert losses.mean() < elbos.mean()
+    with pytest.raises(zoo.errors.ConfigError, match="iwae_samples"):
+        zoo.create("dense-vae", iwae_samples=0)
+    with pytest.raises(zoo.errors.ConfigError, match="iwae_samples.*VaDE"):
+        zoo.create("mixture-vae", iwae_samples=4)
+
+
+def test_log_normal_components_match_the_broadcast_density_even_for_narrow_posteriors():
+    from zoo.components import log_normal_components
+    from zoo.components.reparameterize import log_normal_diagonal
+
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(6, 4) * 3, torch.rand(6, 4) * -12  # variances down to 6e-6
+    z = torch.randn(2, 5, 4) * 3
+    want = log_normal_diagonal(z.double().unsqueeze(-2), mu.double(), logvar.double())  # (2, 5, 6)
+    got = log_normal_components(z, mu, logvar)
+    assert got.shape == (2, 5, 6) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-3)
+
+
+def test_vamp_prior_is_the_mean_of_the_posteriors_at_its_pseudo_inputs():
+    import zoo
+    from zoo.components import VampPrior
+    from zoo.components.reparameterize import log_normal_diagonal
+
+    torch.manual_seed(0)
+    model = zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=3, prior="vamp", pseudo_inputs=4)
+    prior = model.vamp_prior
+    assert isinstance(prior, VampPrior) and prior.components == 4
+    assert prior.pseudo_inputs().shape == (4, 1, 8, 8)
+    with torch.no_grad():
+        prior.inputs.uniform_(-0.5, 1.5)  # clamped to [0, 1] where used
+    u = prior.pseudo_inputs().detach()
+    assert float(u.min()) == 0.0 and float(u.max()) == 1.0
+    z = torch.randn(7, 3)
+    mu, logvar = model.posterior(u)
+    want = torch.logsumexp(torch.stack([log_normal_diagonal(z, mu[k], logvar[k]) for k in range(4)]), 0) - math.log(4)
+    assert torch.allclose(model.log_prior(z), want, atol=1e-4)
+    # the IWAE bound uses this prior: at k = 1 with the posterior mean's sample it is log p(x|z) + log p(z) - log q
+    x = torch.bernoulli(torch.rand(3, 1, 8, 8))
+    gen = torch.Generator().manual_seed(5)
+    got = model.importance_weighted_log_likelihood(x, 1, generator=gen)
+    mu_x, logvar_x = model.posterior(x)
+    zx = mu_x + torch.exp(0.5 * logvar_x) * torch.randn((1, *mu_x.shape), generator=torch.Generator().manual_seed(5))[0]
+    with torch.no_grad():
+        manual = (model.log_likelihood(model.decoder_logits(zx), x) + model.log_prior(zx)
+                  - log_normal_diagonal(zx, mu_x, logvar_x))
+    assert torch.allclose(got, manual, atol=1e-3)
+
+
+def test_vamp_prior_kl_is_exact_for_one_pseudo_input_and_samples_follow_its_posterior():
+    """With K = 1 the prior is one Gaussian, log p is quadratic, and the sigma-point KL is the closed form."""
+    import zoo
+
+    torch.manual_seed(0)
+    model = zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=3, prior="vamp", pseudo_inputs=1).eval()
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        mu, logvar = model.posterior(x)
+        mu_p, logvar_p = model.posterior(model.vamp_prior.pseudo_inputs())
+        closed = 0.5 * (logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) / logvar_p.exp() - 1).sum(-1)
+        assert torch.allclose(model.kl_divergence(mu, logvar), closed, atol=1e-4)
+        assert torch.equal(model.kl_divergence(mu, logvar)[:2], model.kl_divergence(mu[:2], logvar[:2]))
+        z = model.vamp_prior.sample(20000, model.posterior, torch.Generator().manual_seed(0))
+    assert torch.allclose(z.mean(0), mu_p[0], atol=0.05)
+    assert torch.allclose(z.var(0).log(), logvar_p[0], atol=0.05)
+    with pytest.raises(zoo.errors.ConfigError, match="prior"):
+        zoo.create("dense-vae", prior="gaussian-mixture")

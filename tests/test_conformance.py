@@ -22,6 +22,15 @@ def test_built_in_architectures_pass(zoo_conformance, architecture):
     assert report.passed == [c for c in CHECKS if c != "package"] and not report.skipped
 
 
+@pytest.mark.parametrize("architecture, config", [("conv-vae", {"iwae_samples": 3}),
+                                                  ("dense-vae", {"prior": "vamp", "pseudo_inputs": 7}),
+                                                  ("conv-vae", {"prior": "vamp", "pseudo_inputs": 5, "iwae_samples": 2})])
+def test_vaes_with_the_iwae_objective_or_the_vamp_prior_pass(zoo_conformance, architecture, config):
+    """The shared objective and prior go through the same contract: loss terms, trainer steps, save/load, eval."""
+    report = zoo_conformance(architecture, config=config)
+    assert report.passed == [c for c in CHECKS if c != "package"] and not report.skipped
+
+
 @pytest.mark.parametrize("architecture", ["beta-vae", "vq-ae"])
 def test_example_plugins_pass_including_a_packaged_mar(installed_examples, zoo_conformance, architecture):
     report = zoo_conformance(architecture, package=True)

@@ -142,8 +142,8 @@ def test_vae_metrics_are_consistent_and_seeded():
     assert result["binarized"] is True and result["k"] == 64 and result["seed"] == 0
     assert result["data_checksum"] == "c" * 64 and result["num_images"] == 24
     assert result["metric_sets"] == ["likelihood", "reconstruction"]
-    assert list(m) == ["nll_iwae", "neg_elbo", "reconstruction_bce", "kl", "reconstruct_bce", "reconstruct_mse",
-                       "reconstruct_psnr", "reconstruct_ssim"]
+    assert list(m) == ["nll_iwae", "neg_elbo", "reconstruction_bce", "kl", "active_units", "reconstruct_bce",
+                       "reconstruct_mse", "reconstruct_psnr", "reconstruct_ssim"]
     assert m["neg_elbo"] == pytest.approx(m["reconstruction_bce"] + m["kl"], rel=1e-6)
     assert 0 < m["nll_iwae"] < m["neg_elbo"]  # the IWAE bound with k=64 is tighter than the ELBO
     assert m["nll_iwae"] < 8 * 8 * math.log(2) * 2  # a sane value in nats for 64 binary pixels
@@ -595,6 +595,22 @@ def test_the_likelihood_set_draws_as_before_whatever_the_batch_size_and_chunk(ba
     want = old_likelihood_set(model, images, k=150, seed=3, batch_size=500, chunk=100)
     for name, value in want.items():
         assert got[name] == pytest.approx(value, rel=2e-6, abs=1e-4), name
+
+
+def test_active_units_count_the_latents_whose_posterior_mean_varies_over_the_images():
+    """Burda et al.'s activity: Var_x(E_q[z_u]) > 0.01. Units the encoder ignores are not counted."""
+    torch.manual_seed(0)
+    model = zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=6).eval()
+    data = dataset(1, 8)
+    with torch.no_grad():
+        head = model.encoder[-1]
+        head.weight[:6].mul_(20.0)  # the six mean outputs: scaled up, so every unit varies ...
+        head.weight[[1, 4]] = 0.0  # ... except units 1 and 4, whose mean no longer depends on x
+    images = torch.bernoulli(data.images.float() / 255, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        variance = model.posterior(images)[0].double().var(0, unbiased=False)
+    assert (variance > 0.01).tolist() == [True, False, True, True, False, True]
+    assert evaluate(model, data, k=4, seed=0)["metrics"]["active_units"] == 4
 
 
 def test_a_vae_plugin_with_the_old_iwae_signature_still_evaluates():

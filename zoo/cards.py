@@ -210,13 +210,62 @@ def _recipe_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
     return [(key, cell(value)) for key, value in rows]
 
 
+def training_budget(recipe: dict[str, Any] | None) -> str:
+    """``device, N epochs, wall time`` from a ``recipe.json``, e.g. ``cpu: x86_64, 100 epochs, 31.1 min``."""
+    if not recipe:
+        return "no training record"
+    device = recipe.get("device") or {}
+    processes = recipe.get("world_size") or 1
+    wall = recipe.get("wall_time_s")
+    return (f"{device.get('type', '?')}: {device.get('name', '?')}" + (f" x{processes}" if processes > 1 else "")
+            + f", {recipe.get('epochs_completed', '?')} epochs"
+            + (f", {wall / 60:.1f} min" if isinstance(wall, (int, float)) else ""))
+
+
+#: What must agree for two ``eval.json`` headlines to be compared side by side.
+COMPARABLE_FIELDS = ("dataset", "split", "data_checksum", "num_images", "binarized", "seed", "k")
+
+
+def zoo_comparison(folder: str | Path, name: str) -> list[dict[str, Any]]:
+    """The model in ``folder`` next to the zoo's bundled models whose headline was measured the same way, best first.
+
+    Same dataset, split, data, image count, binarization, seed, k and headline metric; each row gives
+    the model, its headline value, its parameter count and its training budget (``recipe.json``).
+    Empty when nothing compares.
+    """
+    from zoo.plugins import get_host
+
+    folder = Path(folder)
+    evaluation = read_json(folder / EVAL_NAME) or {}
+    head = evaluation.get("headline")
+    if not head:
+        return []
+    registry = get_host().registry
+    others = {other: registry.model(other).bundled for other in registry.list_models() if other != name}
+    rows = []
+    for model, where in [(name, folder), *others.items()]:
+        measured = read_json(where / EVAL_NAME) if where is not None else None
+        measured_head = (measured or {}).get("headline") or {}
+        if measured_head.get("metric") != head.get("metric") or any(
+                measured.get(field) != evaluation.get(field) for field in COMPARABLE_FIELDS):
+            continue
+        recipe = read_json(where / RECIPE_NAME) or {}
+        rows.append({"model": model, "value": measured_head["value"], "this": model == name,
+                     "parameters": recipe.get("parameters"), "budget": cell(training_budget(recipe or None))})
+    rows.sort(key=lambda row: row["value"], reverse=bool(head.get("higher_is_better")))
+    for row in rows:
+        row["value"] = f"{row['value']:.2f} {head.get('unit', '')}".strip()
+        row["parameters"] = f"{row['parameters']:,}" if isinstance(row["parameters"], int) else "?"
+    return rows if len(rows) > 1 else []
+
+
 def _evaluation_context(evaluation: dict[str, Any]) -> dict[str, Any]:
     info = evaluation.get("metric_info", {})
     rows = [{"metric": m, "value": f"{v:.4f}", "unit": cell(info.get(m, {}).get("unit", "")),
              "description": cell(info.get(m, {}).get("description", ""))} for m, v in evaluation["metrics"].items()]
     head = evaluation.get("headline") or {}
     headline = f"{head.get('name')} = {head.get('value'):.2f} {head.get('unit', '')}".strip() if head else "n/a"
-    return {**evaluation, "rows": rows, "headline": headline,
+    return {**evaluation, "rows": rows, "headline": headline, "headline_name": head.get("name", "headline"),
             "command": evaluation.get("command") or f"zoo eval {evaluation.get('model', '')}".strip(),
             "device": evaluation.get("device", "unknown device")}
 
@@ -301,6 +350,7 @@ def card_context(folder: str | Path, *, name: str | None = None, repo_id: str | 
         "data_license": data_terms(dataset),
         "anomaly": _anomaly_context(folder, model),
         "applications": _applications(folder),
+        "comparison": zoo_comparison(folder, name),
     }
     return data, context
 
@@ -367,4 +417,4 @@ def card_eval_results(card_path: str | Path) -> dict[str, Any]:
 
 
 __all__ = ["CARD_NAME", "CONFIG_NAME", "card_context", "card_eval_results", "eval_results", "render_card",
-           "template_path", "write_card"]
+           "template_path", "training_budget", "write_card", "zoo_comparison"]

@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -13,22 +12,32 @@ from torch import nn
 from zoo.components import (
     GaussianReparameterization,
     KLWarmup,
+    VampPrior,
     bernoulli_log_likelihood,
     elbo,
     gaussian_log_likelihood,
+    importance_weighted_bound,
     kl_standard_normal,
     log_normal_standard,
 )
-from zoo.components.reparameterize import log_normal_diagonal
+from zoo.components.reparameterize import log_normal_diagonal, negative_entropy_diagonal
 from zoo.config import ModelConfig
 from zoo.model import Autoencoder
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+PRIORS = ("standard", "vamp")
 
 
 @dataclasses.dataclass
 class VAEConfig(ModelConfig):
-    """Fields every VAE has. ``observation_sigma`` is used by the Gaussian likelihood only."""
+    """Fields every VAE has. ``observation_sigma`` is used by the Gaussian likelihood only.
+
+    ``iwae_samples``: posterior samples per image in :meth:`VariationalAutoencoder.loss`. 1 trains the
+    ELBO; ``k > 1`` trains the tighter IWAE bound (Burda et al. 2016) at ``k`` decoder passes per image.
+
+    ``prior``: ``standard`` (N(0, I)) or ``vamp``, the VampPrior over ``pseudo_inputs`` learned images
+    (:class:`zoo.components.VampPrior`).
+    """
 
     image_channels: int = 1
     image_size: int = 28
@@ -37,20 +46,29 @@ class VAEConfig(ModelConfig):
     observation_sigma: float = 0.1
     beta: float = 1.0
     kl_warmup_steps: int = 0
+    iwae_samples: int = 1
+    prior: str = "standard"
+    pseudo_inputs: int = 500
 
     def validate(self) -> None:
-        self.require_positive("image_channels", "image_size", "latent_dim", "observation_sigma")
+        self.require_positive("image_channels", "image_size", "latent_dim", "observation_sigma", "iwae_samples",
+                              "pseudo_inputs")
         self.require_choice("likelihood", LIKELIHOODS)
+        self.require_choice("prior", PRIORS)
         self.require(self.beta >= 0, "beta", "must be >= 0")
         self.require(self.kl_warmup_steps >= 0, "kl_warmup_steps", "must be >= 0")
 
 
 class VariationalAutoencoder(Autoencoder):
-    """A Gaussian-latent VAE with a standard normal prior.
+    """A Gaussian-latent VAE with a standard normal prior, or the VampPrior (``prior = "vamp"``).
 
     Subclasses implement ``posterior(x) -> (mu, logvar)`` and
     ``decoder_logits(z)``, which returns pre-sigmoid image values shaped like
     ``input_shape``: Bernoulli logits, or the Gaussian mean before the sigmoid.
+
+    An importance-weighted estimate of ``log p(x)`` needs three log-densities, all public:
+    :meth:`log_likelihood` of :meth:`decoder_logits` (``log p(x|z)``), :meth:`log_prior`
+    (``log p(z)``) and ``log N(z; mu, diag(exp(logvar)))`` with ``(mu, logvar) = posterior(x)``.
     """
 
     tasks = ("reconstruct", "encode", "decode", "sample", "anomaly-score")
@@ -59,6 +77,7 @@ class VariationalAutoencoder(Autoencoder):
         super().__init__(config)
         self.reparameterize = GaussianReparameterization()
         self.kl_schedule = KLWarmup(config.beta, config.kl_warmup_steps)
+        self.vamp_prior = VampPrior(config.pseudo_inputs, self.input_shape) if config.prior == "vamp" else None
 
     @property
     def dynamic_binarization(self) -> bool:  # type: ignore[override]
@@ -78,14 +97,27 @@ class VariationalAutoencoder(Autoencoder):
         return gaussian_log_likelihood(torch.sigmoid(logits), x, self.config.observation_sigma)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) summed over the last dimension: the standard normal. A VAE with another prior
-        overrides it, and :meth:`importance_weighted_log_likelihood` then uses that prior."""
+        """log p(z) for latents (..., latent_dim): the standard normal, or the VampPrior. A VAE with
+        another prior overrides it, and :meth:`importance_weighted_log_likelihood` then uses that prior."""
+        if self.vamp_prior is not None:
+            return self.vamp_prior.log_prob(z, self.posterior)
         return log_normal_standard(z)
 
     def kl_divergence(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """The ELBO's regulariser per image, KL(q(z|x) || p(z)): analytic against the standard normal.
-        A VAE with another prior overrides it, and ``zoo eval``'s KL and negative ELBO then use it."""
-        return kl_standard_normal(mu, logvar)
+        """The ELBO's regulariser per image, KL(q(z|x) || p(z)). A VAE with another prior overrides it,
+        and ``zoo eval``'s KL and negative ELBO then use it.
+
+        Analytic against the standard normal. Against the VampPrior it has no closed form:
+        ``E_q[log p(z)]`` is averaged over the ``2 * latent_dim`` sigma points ``mu +- sqrt(D) sigma_d e_d``
+        (exact where ``log p`` is quadratic), so the value stays deterministic and per image.
+        Training draws its own one-sample estimate instead (see :meth:`loss`).
+        """
+        if self.vamp_prior is None:
+            return kl_standard_normal(mu, logvar)
+        d = mu.shape[-1]
+        offsets = torch.diag_embed(torch.exp(0.5 * logvar)) * d ** 0.5  # (N, D, D): row j is sqrt(D) sigma_j e_j
+        points = torch.cat([mu.unsqueeze(-2) + offsets, mu.unsqueeze(-2) - offsets], dim=-2)  # (N, 2D, D)
+        return negative_entropy_diagonal(logvar) - self.log_prior(points).mean(-1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
@@ -97,12 +129,30 @@ class VariationalAutoencoder(Autoencoder):
         return self.decode(self.reparameterize(*self.posterior(x)))
 
     def loss(self, batch: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
+        """The negative ELBO, or with ``iwae_samples = k > 1`` the negative IWAE bound (``loss``), per batch.
+
+        Under a KL weight ``beta`` (``beta``, ``kl_warmup_steps``) the IWAE log-weights are
+        ``log p(x|z) + beta * (log p(z) - log q(z|x))``. ``reconstruction`` and ``kl`` are reported
+        as for the ELBO (the reconstruction term averaged over the ``k`` samples), plus ``neg_iwae``.
+        """
         mu, logvar = self.posterior(batch)
-        z = self.reparameterize(mu, logvar, sample=True)
-        terms = elbo(self.log_likelihood(self.decoder_logits(z), batch), self.kl_divergence(mu, logvar), self.kl_schedule(step))
-        return terms.as_dict()
+        k = self.config.iwae_samples
+        weight = self.kl_schedule(step)
+        if k == 1:
+            z = self.reparameterize(mu, logvar, sample=True)
+            kl = (self.kl_divergence(mu, logvar) if self.vamp_prior is None  # else the one-sample estimate
+                  else log_normal_diagonal(z, mu, logvar) - self.log_prior(z))
+            return elbo(self.log_likelihood(self.decoder_logits(z), batch), kl, weight).as_dict()
+        z = self.reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape), sample=True)  # (k, N, D)
+        log_px_z = self.log_likelihood(self.decoder_logits(z.flatten(0, 1)), _repeated(batch, k)).view(k, -1)
+        log_ratio = self.log_prior(z) - log_normal_diagonal(z, mu, logvar)
+        bound = importance_weighted_bound(log_px_z + weight * log_ratio)
+        terms = elbo(log_px_z.mean(0).detach(), self.kl_divergence(mu, logvar).detach(), weight).as_dict()
+        return {**terms, "loss": -bound.mean(), "neg_iwae": -bound.mean().detach()}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.vamp_prior is not None:
+            return self.decode(self.vamp_prior.sample(n, self.posterior, generator))
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
         return self.decode(z)
 
@@ -166,7 +216,7 @@ class VariationalAutoencoder(Autoencoder):
                     log_weights[start + rows.start:start + rows.stop, cols] = log_w
                     if progress is not None:
                         progress(log_w.numel() / k)
-            return torch.logsumexp(log_weights, dim=0) - math.log(k)
+            return importance_weighted_bound(log_weights)
 
     def _tile_log_likelihood(self, x: torch.Tensor) -> Callable[[torch.Tensor, slice, int], torch.Tensor]:
         """``f(logits, cols, r)``: log p(x[cols] | z) as (r, len(cols)) for logits of r samples of each image.

@@ -121,13 +121,13 @@ def eval_command(target, data_name, split, k, limit, seed, device, batch_size, c
     """Evaluate NAME (a pretrained model) or DIR (a checkpoint folder) on a test set.
 
     Runs every registered metric set that applies to the model, decided from what the model
-    declares: likelihood (VAEs: negative ELBO, IWAE bound on the NLL and reconstruction BCE,
-    on binarized test images), denoise (PSNR/SSIM of noisy and denoised vs clean), colorize
-    (PSNR/SSIM vs true colour and of the grey-copy baseline), then, for every model that
-    declares reconstruct, reconstruction (BCE, MSE, PSNR, SSIM of reconstruct(x) vs x). The
-    first set's headline metric is the model's headline. Plugins add metric sets with the
-    register_metrics hook (zoo.metrics.MetricSet). Records the seed, the data checksum and the
-    batch size, chunk and threads used. Progress goes to stderr, never stdout.
+    declares: likelihood (VAEs: negative ELBO, IWAE bound on the NLL, reconstruction BCE and
+    active latent units, on binarized test images), denoise (PSNR/SSIM of noisy and denoised
+    vs clean), colorize (PSNR/SSIM vs true colour and of the grey-copy baseline), then, for
+    every model that declares reconstruct, reconstruction (BCE, MSE, PSNR, SSIM of
+    reconstruct(x) vs x). The first set's headline metric is the model's headline. Plugins add
+    metric sets with the register_metrics hook (zoo.metrics.MetricSet). Records the seed, the
+    data checksum and the batch size, chunk and threads used. Progress goes to stderr, never stdout.
     """
     resources.passive_openmp_wait()  # before torch loads: OpenMP threads sleep instead of spinning
     if k < 1:

@@ -7,6 +7,7 @@ from zoo.components.losses import (
     bernoulli_log_likelihood,
     elbo,
     gaussian_log_likelihood,
+    importance_weighted_bound,
     kl_standard_normal,
 )
 from zoo.components.mixture_prior import (
@@ -17,6 +18,7 @@ from zoo.components.mixture_prior import (
     kmeans,
 )
 from zoo.components.reparameterize import GaussianReparameterization, log_normal_standard
+from zoo.components.vamp_prior import VampPrior, log_normal_components
 
 __all__ = [
     "MLP",
@@ -31,6 +33,7 @@ __all__ = [
     "gaussian_log_likelihood",
     "kl_standard_normal",
     "elbo",
+    "importance_weighted_bound",
     "GaussianReparameterization",
     "log_normal_standard",
     "GaussianMixturePrior",
@@ -38,4 +41,6 @@ __all__ = [
     "KMeansFit",
     "fit_gaussian_mixture",
     "kmeans",
+    "VampPrior",
+    "log_normal_components",
 ]

@@ -66,6 +66,18 @@ class ELBO:
         }
 
 
+def importance_weighted_bound(log_weights: torch.Tensor) -> torch.Tensor:
+    """The IWAE bound ``log (1/k) sum_j exp(log_weights[j])`` per sample, from log-weights shaped (k, N).
+
+    With ``log_weights = log p(x, z_j) - log q(z_j | x)`` for ``k`` draws ``z_j ~ q(z | x)`` it is a lower
+    bound on ``log p(x)`` that tightens as ``k`` grows (Burda et al. 2016); at ``k = 1`` it is the ELBO's
+    one-sample estimate.
+    """
+    if log_weights.dim() != 2 or log_weights.shape[0] < 1:
+        raise ValueError(f"log_weights must be shaped (k, N) with k >= 1, got {tuple(log_weights.shape)}")
+    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
+
+
 def elbo(log_likelihood: torch.Tensor, kl: torch.Tensor, kl_weight: float = 1.0) -> ELBO:
     """Assemble the (beta-weighted) negative ELBO from per-sample log-likelihoods and KLs."""
     reconstruction = -log_likelihood.mean()

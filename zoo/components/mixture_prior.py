@@ -37,7 +37,7 @@ import math
 import torch
 from torch import nn
 
-_LOG_2PI = math.log(2 * math.pi)
+from zoo.components.reparameterize import _LOG_2PI, negative_entropy_diagonal
 
 
 class GaussianMixturePrior(nn.Module):
@@ -131,7 +131,7 @@ class GaussianMixturePrior(nn.Module):
         ``q(z|x)`` as in VaDE, or, when None, the optimal ``q*(c|x)`` (see the module docstring).
         """
         expected = self.expected_joint_log_prob(mu, logvar)
-        log_q_z = -0.5 * (logvar + 1.0 + _LOG_2PI).sum(-1)  # E_q[log q(z|x)], the negative entropy
+        log_q_z = negative_entropy_diagonal(logvar)  # E_q[log q(z|x)]
         if log_responsibilities is None:
             return log_q_z - torch.logsumexp(expected, dim=-1)
         if log_responsibilities.shape != expected.shape:

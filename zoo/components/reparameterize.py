@@ -36,6 +36,11 @@ def log_normal_standard(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
 
 
+def negative_entropy_diagonal(logvar: torch.Tensor) -> torch.Tensor:
+    """``E_q[log q(z)]`` for ``q = N(mu, diag(exp(logvar)))``, summed over the last dimension (any ``mu``)."""
+    return -0.5 * (logvar + 1.0 + _LOG_2PI).sum(-1)
+
+
 def log_normal_diagonal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, diag(exp(logvar))), summed over the last dimension."""
     return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)

@@ -2,7 +2,7 @@
 
 - ``likelihood`` (a VAE: it implements ``importance_weighted_log_likelihood``): negative ELBO,
   the IWAE bound on the test NLL with ``k`` samples, reconstruction NLL (the BCE, for a Bernoulli
-  likelihood) and KL;
+  likelihood), KL and the number of active latent units;
 - ``denoise`` (the ``denoise`` task, with ``corrupt``): PSNR / SSIM of the noisy input and of the
   denoised output against the clean image, at the model's own noise;
 - ``colorize`` (the ``colorize`` task): PSNR / SSIM of the colorized output against the true
@@ -66,6 +66,11 @@ def _is_vae(model) -> bool:
 DRAW_IMAGES, DRAW_SAMPLES = 500, 100
 
 
+#: A latent unit is active when the variance of its posterior mean over the test images exceeds this
+#: (Burda et al. 2016): below it, the unit carries next to nothing about the input.
+ACTIVITY_THRESHOLD = 0.01
+
+
 def _accepts(method, name: str) -> bool:
     """Whether ``method`` takes a keyword argument ``name`` (a plugin may implement an older signature)."""
     try:
@@ -98,6 +103,7 @@ def _likelihood(model, images, *, k, seed, batch_size, device, chunk) -> dict[st
     likelihood = getattr(model.config, "likelihood", None)
     recon_key = "reconstruction_bce" if likelihood == "bernoulli" else "reconstruction_nll"
     sums = {"nll_iwae": 0.0, "neg_elbo": 0.0, recon_key: 0.0, "kl": 0.0}
+    mean_sum = mean_square_sum = 0.0
     iwae = model.importance_weighted_log_likelihood
     tiled = all(_accepts(iwae, name) for name in ("max_pass", "posterior", "progress"))
     max_pass = batch_size * chunk
@@ -118,7 +124,11 @@ def _likelihood(model, images, *, k, seed, batch_size, device, chunk) -> dict[st
         sums["neg_elbo"] += float((recon + kl).double().sum())
         sums[recon_key] += float(recon.double().sum())
         sums["kl"] += float(kl.double().sum())
-    return {key: value / len(images) for key, value in sums.items()}
+        means = mu.detach().double().flatten(1)
+        mean_sum, mean_square_sum = mean_sum + means.sum(0), mean_square_sum + means.pow(2).sum(0)
+    activity = mean_square_sum / len(images) - (mean_sum / len(images)) ** 2
+    return {**{key: value / len(images) for key, value in sums.items()},
+            "active_units": float((activity > ACTIVITY_THRESHOLD).sum())}
 
 
 LIKELIHOOD = MetricSet(
@@ -132,6 +142,8 @@ LIKELIHOOD = MetricSet(
         "reconstruction_nll": Metric("reconstruction term -log p(x|z) summed over pixels", "nats", False,
                                      required=False),
         "kl": Metric("KL(q(z|x) || p(z))", "nats", False),
+        "active_units": Metric(f"latent units whose posterior mean varies over the test images (variance > "
+                               f"{ACTIVITY_THRESHOLD}, Burda et al. 2016)", "units", True),
     },
     headline="nll_iwae",
     headline_name="test NLL (IWAE, k={k})",
