@@ -26,6 +26,7 @@ Usage (MNIST must be fetched: ``zoo data fetch mnist``)::
     python benchmarks/train_throughput.py                      # dense: seed loop vs zoo trainer
     python benchmarks/train_throughput.py --conv --threads 1   # plus conv-vae variants, 1 thread
     python benchmarks/train_throughput.py --variants default,bf16,compile
+    python benchmarks/train_throughput.py --variants default,iwae5,vamp   # what the richer objectives cost
 """
 
 import argparse
@@ -139,11 +140,12 @@ def seed_loop(images: int, root: Path, log_interval: int = 10) -> tuple[float, f
 
 
 def zoo_loop(images: int, architecture: str, preset: str, trainer_class=None, epochs: int = 1,
-             **options) -> tuple[float, float]:
+             model_options: dict | None = None, **options) -> tuple[float, float]:
     """The zoo trainer's last epoch over the first ``images`` MNIST training images: samples per second of
     wall time and per CPU-second of the process (as :func:`seed_loop`).
 
-    ``options`` are TrainConfig fields (``precision``, ``compile``, ``memory_format``, ...).
+    ``options`` are TrainConfig fields (``precision``, ``compile``, ``memory_format``, ...);
+    ``model_options`` override the preset's model config (e.g. ``iwae_samples``, ``prior``).
     ``trainer_class`` swaps in another Trainer (e.g. an older copy, for before/after comparisons).
     """
     import zoo
@@ -152,7 +154,7 @@ def zoo_loop(images: int, architecture: str, preset: str, trainer_class=None, ep
 
     data = zoo.data.load("mnist", "train")
     torch.manual_seed(0)
-    model = zoo.create(architecture, preset)
+    model = zoo.create(architecture, preset, **(model_options or {}))
     config = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, train_limit=images, **options)
     with tempfile.TemporaryDirectory() as out:
         trainer = (trainer_class or Trainer)(model, data, None, config, out, data_name="mnist", progress=False,
@@ -162,13 +164,15 @@ def zoo_loop(images: int, architecture: str, preset: str, trainer_class=None, ep
     return images / last["seconds"], images / last.get("cpu_seconds", math.nan)
 
 
-VARIANTS = {  # name -> (architecture, preset, TrainConfig options, epochs timed: the last one counts)
-    "default": ("dense-vae", "784-400-20", {}, 1),
-    "bf16": ("dense-vae", "784-400-20", {"precision": "bf16"}, 1),
-    "compile": ("dense-vae", "784-400-20", {"compile": True}, 2),
-    "conv": ("conv-vae", "mnist", {}, 1),
-    "conv-contiguous": ("conv-vae", "mnist", {"memory_format": "contiguous"}, 1),
-    "conv-bf16": ("conv-vae", "mnist", {"precision": "bf16"}, 1),
+VARIANTS = {  # name -> (architecture, preset, TrainConfig options, epochs timed: the last one counts, model options)
+    "default": ("dense-vae", "784-400-20", {}, 1, {}),
+    "bf16": ("dense-vae", "784-400-20", {"precision": "bf16"}, 1, {}),
+    "compile": ("dense-vae", "784-400-20", {"compile": True}, 2, {}),
+    "iwae5": ("dense-vae", "784-400-20", {}, 1, {"iwae_samples": 5}),  # the IWAE objective, k = 5
+    "vamp": ("dense-vae", "784-400-20", {}, 1, {"prior": "vamp", "pseudo_inputs": 500}),
+    "conv": ("conv-vae", "mnist", {}, 1, {}),
+    "conv-contiguous": ("conv-vae", "mnist", {"memory_format": "contiguous"}, 1, {}),
+    "conv-bf16": ("conv-vae", "mnist", {"precision": "bf16"}, 1, {}),
 }
 
 
@@ -200,9 +204,9 @@ def main() -> None:
     def measure(name: str, root: Path) -> tuple[float, float]:
         if name == "seed":
             return seed_loop(args.images, root)
-        architecture, preset, options, epochs = VARIANTS[name]
+        architecture, preset, options, epochs, model_options = VARIANTS[name]
         images = args.conv_images if architecture == "conv-vae" else args.images
-        return zoo_loop(images, architecture, preset, epochs=epochs, **options)
+        return zoo_loop(images, architecture, preset, epochs=epochs, model_options=model_options, **options)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = mnist_root(Path(tmp))
