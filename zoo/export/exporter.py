@@ -12,7 +12,7 @@ from zoo.api import checkpoint_folder
 from zoo.checkpoint import WEIGHTS_NAME, atomic_write, sha256_file
 from zoo.export import manifest as manifests
 from zoo.export.backend import require_onnx
-from zoo.export.graphs import GraphSpec, TaskModule, example_input, graph_specs
+from zoo.export.graphs import GraphSpec, TaskModule, example_input, graph_specs, left_out
 from zoo.export.onnx_file import opset as graph_opset
 from zoo.export.onnx_file import ports, save_checked
 from zoo.export.trace import EXAMPLE_BATCH, capture, to_onnx
@@ -24,7 +24,8 @@ def export_onnx(target: str | Path, out: str | Path, *, opset: int | None = None
                 progress: Callable[[str], None] = lambda message: None) -> Path:
     """Export the model ``target`` (a registered name or checkpoint folder) to ONNX graphs in ``out``.
 
-    Writes ``<task>.onnx`` for every task the model declares and ``manifest.json``,
+    Writes ``<task>.onnx`` for every task the model declares (except those
+    :func:`zoo.export.graphs.left_out` names, which the manifest lists with the reason) and ``manifest.json``,
     reporting each graph through ``progress``; returns the manifest's path. Each
     graph is checked with ``onnx.checker`` and run with ONNX Runtime against PyTorch
     before it counts as written. Raises ExportError (MissingExtraError without the
@@ -38,6 +39,9 @@ def export_onnx(target: str | Path, out: str | Path, *, opset: int | None = None
     (out / manifests.MANIFEST_NAME).unlink(missing_ok=True)  # never describe graphs a failed run removed
     written: list[Path] = []
     graphs, opsets = [], set()
+    skipped = left_out(model)
+    for task, reason in skipped.items():
+        progress(f"{task}: no graph: {reason}")
     try:
         for spec in graph_specs(model):
             start = time.perf_counter()
@@ -55,7 +59,7 @@ def export_onnx(target: str | Path, out: str | Path, *, opset: int | None = None
         raise
     name = Path(target).resolve().name if Path(target).is_dir() else str(target)
     record = manifests.manifest(name=name, model=model, weights_sha256=sha256_file(folder / WEIGHTS_NAME),
-                                opset=max(opsets), versions=_versions(modules), graphs=graphs)
+                                opset=max(opsets), versions=_versions(modules), graphs=graphs, left_out=skipped)
     path = out / manifests.MANIFEST_NAME
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
     progress(f"wrote {path}")

@@ -3,7 +3,9 @@
 Image- and latent-input tasks export the method ``model.run_task`` calls. A
 count-input task (``sample``) draws z ~ N(0, I) inside the model, which a
 deterministic graph cannot do; it becomes the decode of a latent the client
-draws and passes in.
+draws and passes in, provided that the model's own ``sample`` really is that
+decode (checked on seeded draws). A model with another prior (a mixture, a
+VampPrior) gets no such graph: :func:`left_out` says why.
 """
 
 from dataclasses import dataclass
@@ -52,8 +54,34 @@ class TaskModule(nn.Module):
 
 
 def graph_specs(model: Autoencoder) -> list[GraphSpec]:
-    """The graphs of every task ``model`` declares, in declaration order."""
-    return [graph_spec(model, name) for name in model.tasks]
+    """The graphs of every task ``model`` declares, in declaration order, less those :func:`left_out` names."""
+    skipped = left_out(model)
+    return [graph_spec(model, name) for name in model.tasks if name not in skipped]
+
+
+def left_out(model: Autoencoder) -> dict[str, str]:
+    """``{task: reason}`` for the declared tasks that get no graph.
+
+    A count-input task is left out when ``model.<method>(n)`` is not ``decode(z)`` for the
+    ``z = torch.randn(n, latent_dim)`` drawn from the same seeded generator: its prior is not
+    N(0, I), and a graph fed standard normal draws would return the wrong distribution.
+    """
+    reasons = {}
+    for name in model.tasks:
+        task = model.task(name)
+        if task.input == "count" and model.latent_dim is not None and not _samples_standard_normal(model, task.method):
+            reasons[name] = (f"{task.method}(n) does not decode z ~ N(0, I) (the model's prior is another "
+                             f"distribution), so a graph fed the client's standard normal draws would sample "
+                             f"the wrong images; sample with PyTorch (zoo sample) instead")
+    return reasons
+
+
+@torch.no_grad()
+def _samples_standard_normal(model: Autoencoder, method: str, n: int = 4, seed: int = 0) -> bool:
+    drawn = getattr(model, method)(n, generator=torch.Generator().manual_seed(seed))
+    decoded = getattr(model, TASKS[PRIOR_DECODER_TASK].method)(
+        torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(seed)))
+    return drawn.shape == decoded.shape and torch.allclose(drawn, decoded, rtol=1e-5, atol=1e-6)
 
 
 def graph_spec(model: Autoencoder, name: str) -> GraphSpec:

@@ -37,11 +37,12 @@ def graph_entry(spec: GraphSpec, model: Autoencoder, inputs: list[dict], outputs
 
 
 def manifest(*, name: str, model: Autoencoder, weights_sha256: str, opset: int, versions: dict[str, str],
-             graphs: list[dict]) -> dict:
-    """The whole manifest: the model, its weights, the toolchain and every graph."""
+             graphs: list[dict], left_out: dict[str, str] | None = None) -> dict:
+    """The whole manifest: the model, its weights, the toolchain, every graph and the tasks left out (with why)."""
     return {"format": MANIFEST_FORMAT, "model": name, "architecture": model.architecture,
             "weights_sha256": weights_sha256, "opset": opset, **versions, "batch_axis": "N",
-            "preprocessing": PREPROCESSING, "graphs": graphs}
+            "preprocessing": PREPROCESSING, "graphs": graphs,
+            "left_out": [{"task": task, "reason": reason} for task, reason in (left_out or {}).items()]}
 
 
 def _port(port: dict, kind: str, input_of: GraphSpec | None = None) -> dict:
