@@ -3,6 +3,7 @@ the cluster task, the pretraining switch (and exact resume across it) and the pr
 
 import itertools
 import math
+import json
 import os
 import signal
 from pathlib import Path
@@ -392,6 +393,13 @@ def test_pretraining_switches_to_the_elbo_after_fitting_the_prior(tmp_path):
     assert model.init_latents.shape == (0, 3)  # emptied after the fit: not shipped in the weights
     loaded = zoo.load(tmp_path / "run")
     assert loaded.init_latents.shape == (0, 3) and not loaded.pretraining
+    # best/ is chosen among the ELBO epochs only: the pretraining's reconstruction loss is smaller, but it
+    # is another quantity, and those weights have no fitted prior
+    best = json.loads((tmp_path / "run" / "recipe.json").read_text())["best"]
+    assert history[0]["val"]["loss"] < min(h["val"]["loss"] for h in history[1:])
+    elbo_epochs = [h for h in history if "neg_elbo" in h["val"]]
+    assert best["epoch"] == min(elbo_epochs, key=lambda h: h["val"]["loss"])["epoch"] >= 2
+    assert not zoo.load(tmp_path / "run" / "best").pretraining
 
 
 def test_resume_is_exact_across_an_interruption_while_collecting_latents(tmp_path):

@@ -218,7 +218,7 @@ class Trainer:
 
     The run directory ``out`` receives ``model.safetensors`` + ``config.json`` (the latest
     weights, loadable with ``zoo.load(out)``), ``best/`` (the same for the epoch with the lowest
-    validation loss so far, when there is validation data), ``checkpoint.json`` + ``checkpoints/``
+    validation loss so far among the epochs with the current objective, when there is validation data), ``checkpoint.json`` + ``checkpoints/``
     (resume state, see :mod:`zoo.training.state`) and ``recipe.json``.
     """
 
@@ -484,7 +484,7 @@ class Trainer:
                 val = self.validate(model) if ctx.is_main else {}
                 if val:
                     record["val"] = val
-                    best = self._best(history)
+                    best = self._best(history, terms=val)
                     if math.isfinite(val.get("loss", math.nan)) and (best is None or val["loss"] < best["val"]["loss"]):
                         model.save_pretrained(self.out / BEST)
                 history.append(record)
@@ -623,9 +623,16 @@ class Trainer:
                                 f"checkpoint's: {error}") from error
 
     @staticmethod
-    def _best(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """The epoch record with the lowest finite validation loss (the first of equals), or None."""
-        scored = [h for h in history if math.isfinite(h.get("val", {}).get("loss", math.nan))]
+    def _best(history: list[dict[str, Any]], terms: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The epoch record with the lowest finite validation loss (the first of equals), or None.
+
+        Only epochs whose validation reports the same terms as ``terms`` (default: the last epoch's)
+        compete: a model that changes its objective mid-run (mixture-vae's autoencoder pretraining,
+        then the ELBO) starts the comparison afresh, since the two losses are not the same quantity.
+        """
+        names = set(terms if terms is not None else (history[-1].get("val", {}) if history else {}))
+        scored = [h for h in history
+                  if set(h.get("val", {})) == names and math.isfinite(h.get("val", {}).get("loss", math.nan))]
         return min(scored, key=lambda h: h["val"]["loss"]) if scored else None
 
     def _best_record(self, history: list[dict[str, Any]]) -> dict[str, Any] | None:
