@@ -18,6 +18,7 @@ from zoo.components.color import rgb_to_gray
 from zoo.config import ModelConfig
 from zoo.errors import PluginError, UnsupportedTaskError, ZooError
 from zoo.evaluation import evaluate, metric_sets, psnr, ssim
+from zoo.evaluation.colour import colourfulness
 from zoo.metrics import Metric, MetricSet
 from zoo.model import Autoencoder
 from zoo.plugins import PluginWarning
@@ -185,7 +186,28 @@ def test_colorize_metrics_include_the_grey_copy_baseline():
     baseline = rgb_to_gray(rgb).expand(-1, 3, -1, -1)
     assert m["psnr_gray_baseline"] == pytest.approx(float(psnr(baseline, rgb).double().mean()), rel=1e-6)
     assert m["ssim_gray_baseline"] == pytest.approx(float(ssim(baseline, rgb).double().mean()), rel=1e-5)
-    assert set(m) == {"psnr_colorized", "psnr_gray_baseline", "ssim_colorized", "ssim_gray_baseline"}
+    assert set(m) == {"psnr_colorized", "psnr_gray_baseline", "ssim_colorized", "ssim_gray_baseline",
+                      "colourfulness_pct_of_truth"}
+    with torch.no_grad():
+        colour = model.colorize(rgb_to_gray(rgb))
+    assert m["colourfulness_pct_of_truth"] == pytest.approx(
+        100 * float(colourfulness(colour).mean() / colourfulness(rgb).mean()), rel=1e-6)
+
+
+def test_colourfulness_is_left_out_for_grey_test_images_and_near_100_for_a_perfect_colorizer():
+    torch.manual_seed(0)
+    model = zoo.create("colorization-ae", image_size=8, channels=[4, 8])
+    data = dataset(3, 8)
+    truth = data.images.float() / 255
+    served = iter(truth.split(1))  # evaluate() goes through the images in order
+    # an oracle: answers each grey image with the true one, so it is exactly as colourful as the truth
+    model.colorize = lambda gray: torch.cat([next(served) for _ in range(len(gray))])
+    assert evaluate(model, data)["metrics"]["colourfulness_pct_of_truth"] == pytest.approx(100.0)
+    grey = data.images[:, :1].expand(-1, 3, -1, -1).contiguous()  # R = G = B: no colour at all
+    grey_data = zoo.data.ImageDataset(grey, data.labels, name="fake", split="test", checksum="c" * 64)
+    model.colorize = lambda gray: gray.expand(-1, 3, -1, -1)
+    metrics = evaluate(model, grey_data)["metrics"]
+    assert "colourfulness_pct_of_truth" not in metrics and metrics["psnr_colorized"] > 30
 
 
 # The default reconstruction set ----------------------------------------------------------------

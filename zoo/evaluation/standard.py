@@ -6,7 +6,8 @@
 - ``denoise`` (the ``denoise`` task, with ``corrupt``): PSNR / SSIM of the noisy input and of the
   denoised output against the clean image, at the model's own noise;
 - ``colorize`` (the ``colorize`` task): PSNR / SSIM of the colorized output against the true
-  colour, and of the grey copy (the input repeated over RGB) as the baseline;
+  colour, and of the grey copy (the input repeated over RGB) as the baseline, and the output's
+  colourfulness as a percentage of the true images';
 - ``reconstruction`` (any model declaring ``reconstruct`` whose input is shaped like its data): BCE,
   MSE, PSNR and SSIM of ``reconstruct(x)`` against ``x``. It is *general*, so it runs after the
   specific sets above and a model's headline stays the specific one.
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from zoo.components.color import rgb_to_gray
 from zoo.errors import ZooError
+from zoo.evaluation.colour import colourfulness
 from zoo.evaluation.metrics import psnr, ssim
 from zoo.evaluation.runners import report_progress
 from zoo.hookspecs import hookimpl
@@ -211,6 +213,7 @@ def _colorizes(model) -> bool:
 @torch.no_grad()
 def _colorize(model, images, *, batch_size, device, **_) -> dict[str, float]:
     scores = {"psnr_colorized": [], "psnr_gray_baseline": [], "ssim_colorized": [], "ssim_gray_baseline": []}
+    colourful = {"colorized": [], "truth": []}
     for x in batches(images, batch_size):
         gray = rgb_to_gray(x)
         colour = model.colorize(gray.to(device)).cpu()
@@ -219,7 +222,12 @@ def _colorize(model, images, *, batch_size, device, **_) -> dict[str, float]:
         scores["psnr_gray_baseline"].append(psnr(baseline, x))
         scores["ssim_colorized"].append(ssim(colour, x))
         scores["ssim_gray_baseline"].append(ssim(baseline, x))
-    return _means(scores)
+        colourful["colorized"].append(colourfulness(colour))
+        colourful["truth"].append(colourfulness(x))
+    truth = float(torch.cat(colourful["truth"]).mean())
+    ratio = {"colourfulness_pct_of_truth": 100 * float(torch.cat(colourful["colorized"]).mean()) / truth} \
+        if truth > 0 else {}  # grey test images: no colour to compare with
+    return {**_means(scores), **ratio}
 
 
 COLORIZE = MetricSet(
@@ -229,6 +237,9 @@ COLORIZE = MetricSet(
         "psnr_gray_baseline": Metric("PSNR of the grey copy vs true colour (baseline)", "dB", True),
         "ssim_colorized": Metric("SSIM of the colorized output vs true colour", "", True),
         "ssim_gray_baseline": Metric("SSIM of the grey copy vs true colour (baseline)", "", True),
+        "colourfulness_pct_of_truth": Metric("mean colourfulness (Hasler & Suesstrunk) of the colorized output as % of "
+                                             "the true images' (0 for grey, 100 as colourful as the truth)", "%", True,
+                                             required=False),
     },
     headline="psnr_colorized",
     headline_name="colorized PSNR",
