@@ -33,7 +33,7 @@ from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
-    "mixture-vae-mnist": "ea6f4075aa082e8d8c2ac665110f8da51fcf59faca2261138816db0eb494aade",
+    "mixture-vae-mnist": "3cca80aabca405e1c27ba3e88409495f6d749872893b116507ea3f7db689311c",
 }
 
 
