@@ -218,8 +218,9 @@ class Trainer:
 
     The run directory ``out`` receives ``model.safetensors`` + ``config.json`` (the latest
     weights, loadable with ``zoo.load(out)``), ``best/`` (the same for the epoch with the lowest
-    validation loss so far among the epochs with the current objective, when there is validation data), ``checkpoint.json`` + ``checkpoints/``
-    (resume state, see :mod:`zoo.training.state`) and ``recipe.json``.
+    validation loss so far among the epochs with the current objective, when there is validation
+    data), ``checkpoint.json`` + ``checkpoints/`` (resume state, see :mod:`zoo.training.state`) and
+    ``recipe.json``.
     """
 
     def __init__(self, model: Autoencoder, train_data, val_data, config: TrainConfig, out: str | Path, *,
