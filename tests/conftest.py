@@ -95,3 +95,19 @@ def installed_examples():
     pip_install(*EXAMPLES.values())
     yield
     pip_uninstall(*EXAMPLES, modules=("zoo_beta_vae", "zoo_vq_ae"))
+
+
+def zoo_cli(*args):
+    """Run the ``zoo`` CLI in process (click's runner); arguments are stringified."""
+    from click.testing import CliRunner
+
+    from zoo.cli.app import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(*args):
+    """:func:`zoo_cli` that must exit 0 (the output is shown when it does not)."""
+    result = zoo_cli(*args)
+    assert result.exit_code == 0, result.output
+    return result

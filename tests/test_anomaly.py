@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import zoo
 import zoo.data
+from tests.conftest import ok, zoo_cli
 from tests.handler_fixtures import new_handler, run
 from tests.serving_fixtures import b64, png_bytes, post
 from zoo import anomaly
 from zoo.anomaly import Calibration, CalibrationError
-from zoo.cli.app import main
 from zoo.data.registry import DatasetSpec
 from zoo.data.validation import ValidationSplit
 
@@ -36,16 +35,6 @@ TINY = {"channels": [4, 8], "hidden": 0, "latent_dim": 4}
 
 # --------------------------------------------------------------------------------------------
 # Helpers and fixtures
-
-
-def zoo_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(*args):
-    result = zoo_cli(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def fails(*args) -> str:

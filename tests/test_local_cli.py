@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import zoo
-from zoo.cli.app import main
+from tests.conftest import ok, zoo_cli
 from zoo.cli.local import PROGRESS_MIN, progress_wanted
 from zoo.images import ImageInputError, expand_inputs, grid_cell, read_input_image, write_bytes
 from zoo.latents import manifold_codes
@@ -81,16 +81,6 @@ def as_input(path, shape=(1, 28, 28)) -> torch.Tensor:
 def read_png(path) -> torch.Tensor:
     array = np.asarray(Image.open(path), dtype=np.float32) / 255
     return torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
-
-
-def zoo_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(*args):
-    result = zoo_cli(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def fails(*args):
