@@ -8,7 +8,9 @@ and, as in VaDE, ``q(c | x) = p(c | z)``. The ``cluster`` task assigns each imag
 Training follows VaDE's recipe in one ``zoo train`` run:
 
 1. ``pretrain_epochs`` epochs as a plain (deterministic) autoencoder: the loss is the Bernoulli
-   reconstruction term of ``decoder(m(x))``; the prior is not used.
+   reconstruction term of ``decoder(m(x))``; the prior is not used. With ``pretrain_corruption = p``
+   it is a denoising autoencoder, as in the stacked denoising pretraining DEC and VaDE started from:
+   the encoder sees ``x`` with a fraction ``p`` of its pixels zeroed and the decoder rebuilds the clean ``x``.
 2. During the last of those epochs the latent means of the training batches are kept (in a buffer
    that is checkpointed, so a resumed run continues exactly); at that epoch's end the trainer hook
    fits a diagonal Gaussian mixture to them (k-means++ then EM, ``init_restarts`` runs, seeded by
@@ -28,6 +30,7 @@ import torch
 import zoo
 from zoo.components import MLP, GaussianMixturePrior, elbo, fit_gaussian_mixture
 from zoo.components.blocks import ACTIVATIONS
+from zoo.components.corruption import corrupt
 from zoo.components.reparameterize import log_normal_diagonal
 from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
@@ -44,6 +47,8 @@ class MixtureVAEConfig(VAEConfig):
     ``pretrain_epochs``: epochs of plain-autoencoder pretraining before the prior is fitted and the
     ELBO trained (0: ELBO from the start). ``init_restarts``/``init_iterations``: EM runs (each from
     its own k-means++ seeding) and EM steps per run of the mixture fitted at the switch.
+    ``pretrain_corruption``: fraction of pixels zeroed in the pretraining's encoder input (0: none);
+    the mixture is fitted to the codes of the clean images.
     """
 
     latent_dim: int = 10
@@ -53,6 +58,7 @@ class MixtureVAEConfig(VAEConfig):
     pretrain_epochs: int = 0
     init_restarts: int = 10
     init_iterations: int = 300
+    pretrain_corruption: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -60,6 +66,7 @@ class MixtureVAEConfig(VAEConfig):
         self.require_positive("hidden", "components", "init_restarts", "init_iterations")
         self.require_choice("activation", ACTIVATIONS)
         self.require(self.pretrain_epochs >= 0, "pretrain_epochs", "must be >= 0")
+        self.require(0.0 <= self.pretrain_corruption < 1.0, "pretrain_corruption", "must be in [0, 1)")
         self.require(self.iwae_samples == 1, "iwae_samples", "must be 1: mixture-vae trains the VaDE ELBO")
         self.require(self.prior == "standard", "prior", "must be 'standard': mixture-vae's prior is its own "
                                                         "Gaussian mixture")
@@ -127,18 +134,29 @@ class MixtureVAE(VariationalAutoencoder):
         return self.config.pretrain_epochs > 0 and int(self.epochs_trained) == self.config.pretrain_epochs - 1
 
     def loss(self, batch: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
-        mu, logvar = (t.float() for t in self.posterior(batch))  # the prior's terms in float32 under autocast
         if self.pretraining:
-            reconstruction = -self.log_likelihood(self.decoder_logits(mu).float(), batch).mean()
-            if self.training and step is not None and self._collecting():
-                self._pending = mu.detach()
-            return {"loss": reconstruction, "reconstruction": reconstruction.detach()}
+            return self._pretraining_loss(batch, step)
+        mu, logvar = (t.float() for t in self.posterior(batch))  # the prior's terms in float32 under autocast
         z = self.reparameterize(mu, logvar, sample=True)
         kl = self.prior.kl(mu, logvar, self.prior.log_responsibilities(z))  # VaDE: q(c|x) = p(c|z)
         log_px_z = self.log_likelihood(self.decoder_logits(z).float(), batch)
         weight = self.kl_schedule(None if step is None else step - int(self.pretrain_steps))
         terms = elbo(log_px_z, kl, weight).as_dict()
         return {name: value if name == "loss" else value.detach() for name, value in terms.items()}
+
+    def _pretraining_loss(self, batch: torch.Tensor, step: int | None) -> dict[str, torch.Tensor]:
+        """Reconstruct the clean batch from the mean code of its (in training, corrupted) encoder input."""
+        training = self.training and step is not None
+        level = self.config.pretrain_corruption
+        seen = corrupt(batch, "mask", level) if training and level > 0 else batch
+        mu = self.posterior(seen)[0].float()
+        reconstruction = -self.log_likelihood(self.decoder_logits(mu).float(), batch).mean()
+        if training and self._collecting():
+            if seen is not batch:
+                with torch.no_grad():
+                    mu = self.posterior(batch)[0].float()
+            self._pending = mu.detach()
+        return {"loss": reconstruction, "reconstruction": reconstruction.detach()}
 
     def on_train_step_end(self, step: int, terms: dict[str, float]) -> None:
         if self.pretraining:

@@ -304,6 +304,8 @@ def test_config_errors_name_the_field():
         zoo.create("mixture-vae", components=0)
     with pytest.raises(ConfigError, match="pretrain_epochs"):
         zoo.create("mixture-vae", pretrain_epochs=-1)
+    with pytest.raises(ConfigError, match="pretrain_corruption"):
+        zoo.create("mixture-vae", pretrain_corruption=1.0)
 
 
 def test_iwae_and_kl_use_the_mixture_prior():
@@ -362,11 +364,12 @@ def tiny_data(n=64):
     return make("fit", images), make("val", images[:16])
 
 
-def train(out, epochs=3, interrupt_at=None, resume=False):
+def train(out, epochs=3, interrupt_at=None, resume=False, **config):
     from zoo.training import TrainConfig, Trainer
 
     torch.manual_seed(0)
-    model = zoo.create("mixture-vae", **{**SMALL, "components": 3, "pretrain_epochs": 2, "init_restarts": 2})
+    model = zoo.create("mixture-vae", **{**SMALL, "components": 3, "pretrain_epochs": 2, "init_restarts": 2,
+                                         **config})
     if interrupt_at is not None:
         hook = model.on_train_step_end
 
@@ -402,16 +405,39 @@ def test_pretraining_switches_to_the_elbo_after_fitting_the_prior(tmp_path):
     assert not zoo.load(tmp_path / "run" / "best").pretraining
 
 
-def test_resume_is_exact_across_an_interruption_while_collecting_latents(tmp_path):
+def test_denoising_pretraining_masks_the_encoder_input_and_collects_clean_codes():
+    model = zoo.create("mixture-vae", **{**SMALL, "pretrain_epochs": 1, "pretrain_corruption": 0.5}).train()
+    x = (torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].view_as(x).clone()))
+    torch.manual_seed(1)
+    noisy = model.loss(x, step=1)
+    masked = seen[0]
+    assert torch.equal(masked, masked * x)  # pixels are only zeroed, never moved or set
+    dropped = 1 - masked.sum() / x.sum()
+    assert 0.45 < dropped < 0.55
+    assert torch.equal(seen[1], x)  # the collecting epoch keeps the clean images' codes for the mixture
+    with torch.no_grad():
+        assert torch.equal(model._pending, model.posterior(x)[0])
+    model._pending = None
+    torch.manual_seed(1)
+    assert torch.equal(model.loss(x, step=1)["loss"], noisy["loss"])  # the global RNG draws the mask
+    model.eval()
+    clean = model.loss(x, step=1)["loss"]
+    assert torch.equal(seen[-1], x) and not torch.equal(clean, noisy["loss"])  # validation is not corrupted
+
+
+@pytest.mark.parametrize("corruption", [0.0, 0.3])
+def test_resume_is_exact_across_an_interruption_while_collecting_latents(tmp_path, corruption):
     from zoo.training import Interrupted
 
-    straight, _ = train(tmp_path / "straight")
-    with pytest.raises(Interrupted):
-        train(tmp_path / "resumed", interrupt_at=6)  # step 6 of 12: mid epoch 2, the collecting epoch
+    straight, _ = train(tmp_path / "straight", pretrain_corruption=corruption)
+    with pytest.raises(Interrupted):  # step 6 of 12: mid epoch 2, the collecting epoch
+        train(tmp_path / "resumed", interrupt_at=6, pretrain_corruption=corruption)
     partial = zoo.load(tmp_path / "resumed")
     collected = len(partial.init_latents)  # the batches collected so far were checkpointed with the weights
     assert 0 < collected < 64 and collected % 16 == 0 and partial.pretraining
-    resumed, _ = train(tmp_path / "resumed", resume=True)
+    resumed, _ = train(tmp_path / "resumed", resume=True, pretrain_corruption=corruption)
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
 
