@@ -11,7 +11,7 @@ from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
-    "dense-vae-mnist": "48ab3d85a5516259c0751d20e73e5697e01297398ed2e15a3bb0f03c0ec9bc72",
+    "dense-vae-mnist": "e6628a93dca2a59f0456f1b846e6242ca1eb0b9e3760053427f96938d7d49342",
     "dense-vae-mnist-784-400-20": "aee15b65a6785109ce3845ce17e0cc6e5681324beb54c3af6b2cca446e024ebe",
     "dense-vae-mnist-2d": "61159208b2369c3caf78a54dc277f7e2f45527b6c50607712b9c25264912d7eb",
 }
