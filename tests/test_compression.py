@@ -137,6 +137,28 @@ def test_a_model_without_posterior_keeps_every_dimension():
     assert torch.equal(plain.decode([record]), model.decode(z[None]))
 
 
+def test_latents_are_quantized_in_units_of_a_vamp_priors_spread():
+    """A VampPrior can put codes far from N(0, I): the codec scales by the prior's own mean and std."""
+    torch.manual_seed(0)
+    model = zoo.create("dense-vae", latent_dim=4, prior="vamp", pseudo_inputs=20).eval()
+    with torch.no_grad():
+        last = model.encoder[-1]
+        last.weight[:4] *= 400  # means spread over several units, around an offset of 7
+        last.bias[:4] = 7.0
+        last.bias[4:] = -6.0  # posterior std 0.05: every unit is kept
+        model.vamp_prior.inputs.copy_(digits(20))  # pseudo-inputs like the data, as training makes them
+    mean, std = model.prior_moments()
+    assert mean.abs().max() > 3 and std.min() > 3  # far from N(0, I)
+    codec = Codec(model, "vamp", "00" * 32)
+    images = digits(8)
+    records = [codec.read(b, "x.zae") for b in codec.compress(images, step=0.25)]
+    z = torch.stack([codec.frame[0] + codec.frame[1] * dequantize(r.kept, r.symbols, r.step, 4) for r in records])
+    assert all(len(r.kept) == 4 for r in records)
+    assert (z - model.encode(images)).abs().max() <= 0.125 * codec.frame[1].max() + 1e-4  # half a step, no clipping
+    assert torch.equal(codec.decode(records), model.decode(z))
+    assert Codec(zoo.create("dense-vae", latent_dim=4), "standard", "00" * 32).frame is None  # N(0, I): as before
+
+
 def test_a_model_without_encode_and_decode_is_refused():
     with pytest.raises(UnsupportedTaskError, match="encode and decode"):
         Codec(zoo.create("colorization-ae"), "colorizer", "00" * 32)

@@ -119,6 +119,20 @@ class VariationalAutoencoder(Autoencoder):
         points = torch.cat([mu.unsqueeze(-2) + offsets, mu.unsqueeze(-2) - offsets], dim=-2)  # (N, 2D, D)
         return negative_entropy_diagonal(logvar) - self.log_prior(points).mean(-1)
 
+    @torch.no_grad()
+    def prior_moments(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Mean and std of each latent coordinate under the prior, or None for N(0, I).
+
+        Code that scales latents by the prior (``zoo compress``) uses them. For the VampPrior they are
+        the moments of its mixture of the pseudo-inputs' posteriors.
+        """
+        if self.vamp_prior is None:
+            return None
+        mu, logvar = (t.double() for t in self.posterior(self.vamp_prior.pseudo_inputs()))
+        mean = mu.mean(0)
+        variance = (logvar.exp() + mu.pow(2)).mean(0) - mean.pow(2)
+        return mean.float(), variance.clamp(min=0).sqrt().float()
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
 

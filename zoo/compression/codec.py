@@ -105,6 +105,19 @@ def _code_latent(coder, latent_dim: int, step: float, kept: tuple[int, ...] | No
     return kept, symbols
 
 
+def latent_frame(model: Autoencoder) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(mean, std)`` per latent dimension of the model's prior, or None for N(0, I) or a model without ``prior_moments``.
+
+    Latents are quantized in units of ``std`` around ``mean``. Both are rounded to multiples of
+    1/256, so that the float rounding of another machine's encoder does not move them.
+    """
+    moments = model.prior_moments() if hasattr(model, "prior_moments") else None
+    if moments is None:
+        return None
+    mean, std = (torch.round(t.detach().double().cpu() * 256) / 256 for t in moments)
+    return mean.float(), std.clamp(min=1 / 256).float()
+
+
 class Codec:
     """Compresses image batches shaped like ``model.input_shape`` and restores them."""
 
@@ -115,6 +128,7 @@ class Codec:
                                        f"{' and '.join(missing or REQUIRED_TASKS)} task(s); it declares {', '.join(model.tasks)}")
         self.model, self.name, self.sha256 = model.eval(), name, sha256
         self._predictor: Autoencoder | None = None
+        self.frame = latent_frame(self.model)
 
     @classmethod
     def load(cls, name: str | Path) -> "Codec":
@@ -146,6 +160,9 @@ class Codec:
             batch = images[start:start + BATCH].to(self.model.device)
             mu = self.model.encode(batch).cpu()
             sigma = torch.exp(0.5 * self.model.posterior(batch)[1]).cpu() if hasattr(self.model, "posterior") else None
+            if self.frame is not None:  # in units of the prior's marginal std, centred on its mean
+                mu = (mu - self.frame[0]) / self.frame[1]
+                sigma = None if sigma is None else sigma / self.frame[1]
             for i in range(len(batch)):
                 kept = kept_dimensions(None if sigma is None else sigma[i], self.model.latent_dim, inactive_std)
                 latents.append((kept, quantize(mu[i], kept, step_of(code))))
@@ -160,7 +177,7 @@ class Codec:
         kept, symbols = _code_latent(writer, header.latent_dim, step_of(header.step_code), kept, symbols)
         if not header.residual_step:
             return pack(header, writer.finish())
-        prediction = self.prediction(dequantize(kept, symbols, step_of(header.step_code), header.latent_dim))
+        prediction = self.prediction(self._latent(kept, symbols, step_of(header.step_code)))
         decoded = code_residual(writer, prediction, header.residual_step, target)
         return pack(header, writer.finish(), zlib.crc32(decoded.tobytes()))
 
@@ -190,7 +207,7 @@ class Codec:
         """
         out = torch.empty(len(records), *self.model.input_shape)
         plain = [n for n, r in enumerate(records) if not r.residual_step]
-        z = [dequantize(records[n].kept, records[n].symbols, records[n].step, self.model.latent_dim) for n in plain]
+        z = [self._latent(records[n].kept, records[n].symbols, records[n].step) for n in plain]
         for s in range(0, len(plain), BATCH):
             out[plain[s:s + BATCH]] = self.model.decode(torch.stack(z[s:s + BATCH]).to(self.model.device)).float().cpu()
         with _one_thread():
@@ -205,7 +222,7 @@ class Codec:
             kept, symbols = _code_latent(reader, record.header.latent_dim, record.step)
         except PayloadError as exc:
             raise CorruptFileError(f"{record.path}: file is corrupt: {exc}") from None
-        prediction = self.prediction(dequantize(kept, symbols, record.step, self.model.latent_dim))
+        prediction = self.prediction(self._latent(kept, symbols, record.step))
         try:
             decoded = code_residual(reader, prediction, record.residual_step)
         except PayloadError as exc:
@@ -214,6 +231,11 @@ class Codec:
         if crc != record.image_crc:
             raise DecoderMismatchError(self._mismatch(record, f"crc32 {crc:08x}, stored {record.image_crc:08x}"))
         return decoded
+
+    def _latent(self, kept: tuple[int, ...], symbols: tuple[int, ...], step: float) -> torch.Tensor:
+        """The latent vector the symbols stand for, back in the model's coordinates (dropped dimensions: the prior's mean)."""
+        z = dequantize(kept, symbols, step, self.model.latent_dim)
+        return z if self.frame is None else self.frame[0] + self.frame[1] * z
 
     def _mismatch(self, record: CompressedImage, detail: str) -> str:
         return (f"{record.path}: the residual layer does not decode to the image it was made from ({detail}): "
