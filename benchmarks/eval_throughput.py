@@ -57,7 +57,6 @@ FULL_TEST_SET = 10_000
 def old_iwae(model, x, k, generator, chunk):
     import torch
 
-    from zoo.components import log_normal_standard
     from zoo.components.reparameterize import log_normal_diagonal
 
     with torch.no_grad():
@@ -70,14 +69,12 @@ def old_iwae(model, x, k, generator, chunk):
             logits = model.decoder_logits(z.reshape(-1, mu.shape[-1]))
             targets = x.unsqueeze(0).expand(size, *x.shape).reshape(-1, *x.shape[1:])
             log_px_z = model.log_likelihood(logits, targets).view(size, -1)
-            log_weights.append(log_px_z + log_normal_standard(z) - log_normal_diagonal(z, mu, logvar))
+            log_weights.append(log_px_z + model.log_prior(z) - log_normal_diagonal(z, mu, logvar))
         return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
 
 
 def old_likelihood(model, images, *, k, seed, batch_size, device, chunk):
     import torch
-
-    from zoo.components import kl_standard_normal
 
     with torch.no_grad():
         gen = torch.Generator(device=device).manual_seed(seed)
@@ -88,7 +85,7 @@ def old_likelihood(model, images, *, k, seed, batch_size, device, chunk):
             mu, logvar = model.posterior(x)
             z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
             recon = -model.log_likelihood(model.decoder_logits(z), x)
-            kl = kl_standard_normal(mu, logvar)
+            kl = model.kl_divergence(mu, logvar)
             sums["nll_iwae"] += float(-log_px.double().sum())
             sums["neg_elbo"] += float((recon + kl).double().sum())
             sums["reconstruction_bce"] += float(recon.double().sum())
