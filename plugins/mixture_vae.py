@@ -115,6 +115,11 @@ class MixtureVAE(VariationalAutoencoder):
         """``log q(z | x) = log N(z; mu, diag(exp(logvar)))`` with ``(mu, logvar) = posterior(x)``."""
         return log_normal_diagonal(z, mu, logvar)
 
+    @torch.no_grad()
+    def prior_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of each latent coordinate under the mixture prior."""
+        return self.prior.moments()
+
     def kl_divergence(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """``KL(q(z|x) q*(c|x) || p(z, c))`` per image, with the optimal ``q*(c|x)``: the ELBO's regulariser.
 

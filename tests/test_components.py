@@ -207,6 +207,30 @@ def test_vamp_prior_is_the_mean_of_the_posteriors_at_its_pseudo_inputs():
     assert torch.allclose(got, manual, atol=1e-3)
 
 
+def test_prior_moments_match_the_priors_own_samples():
+    """Mean and std per coordinate, as ``zoo compress`` scales by: N(0, I) says None, the mixtures say theirs."""
+    import zoo
+
+    torch.manual_seed(0)
+    assert zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=3).prior_moments() is None
+    vamp = zoo.create("dense-vae", image_size=8, hidden=[16], latent_dim=3, prior="vamp", pseudo_inputs=6).eval()
+    with torch.no_grad():
+        vamp.vamp_prior.inputs.uniform_(0, 1)
+        vamp.encoder[-1].bias[:3] = torch.tensor([4.0, -2.0, 0.5])
+    mixture = zoo.create("mixture-vae", image_size=8, hidden=[16], latent_dim=3, components=4).eval()
+    with torch.no_grad():
+        mixture.prior.set_mixture_(torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.randn(4, 3) * 3,
+                                   torch.rand(4, 3) + 0.1)
+    gen = torch.Generator().manual_seed(1)
+    for model, draw in ((vamp, lambda n: vamp.vamp_prior.sample(n, vamp.posterior, gen)),
+                        (mixture, lambda n: mixture.prior.sample(n, gen)[0])):
+        with torch.no_grad():
+            mean, std = model.prior_moments()
+            z = draw(200_000)
+        assert mean.shape == std.shape == (3,)
+        assert torch.allclose(mean, z.mean(0), atol=0.03) and torch.allclose(std, z.std(0), rtol=0.02)
+
+
 def test_vamp_prior_kl_is_exact_for_one_pseudo_input_and_samples_follow_its_posterior():
     """With K = 1 the prior is one Gaussian, log p is quadratic, and the sigma-point KL is the closed form."""
     import zoo

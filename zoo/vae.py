@@ -123,15 +123,10 @@ class VariationalAutoencoder(Autoencoder):
     def prior_moments(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Mean and std of each latent coordinate under the prior, or None for N(0, I).
 
-        Code that scales latents by the prior (``zoo compress``) uses them. For the VampPrior they are
-        the moments of its mixture of the pseudo-inputs' posteriors.
+        Code that scales latents by the prior (``zoo compress``) uses them. A VAE with another
+        prior overrides this together with :meth:`log_prior`.
         """
-        if self.vamp_prior is None:
-            return None
-        mu, logvar = (t.double() for t in self.posterior(self.vamp_prior.pseudo_inputs()))
-        mean = mu.mean(0)
-        variance = (logvar.exp() + mu.pow(2)).mean(0) - mean.pow(2)
-        return mean.float(), variance.clamp(min=0).sqrt().float()
+        return None if self.vamp_prior is None else self.vamp_prior.moments(self.posterior)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]

@@ -40,6 +40,17 @@ from torch import nn
 from zoo.components.reparameterize import _LOG_2PI, negative_entropy_diagonal
 
 
+def mixture_moments(weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of a diagonal Gaussian mixture (weights (K,), means and variances (K, D)).
+
+    Computed in float64 (the variance is a difference of second moments); returned in float32.
+    """
+    weights, means, variances = (t.double() for t in (weights, means, variances))
+    mean = weights @ means
+    variance = weights @ (variances + means.pow(2)) - mean.pow(2)
+    return mean.float(), variance.clamp(min=0).sqrt().float()
+
+
 class GaussianMixturePrior(nn.Module):
     """``p(z) = sum_c pi_c N(z; mu_c, diag(sigma_c^2))`` with learnable ``logits``, ``means`` and ``logvars``.
 
@@ -79,6 +90,10 @@ class GaussianMixturePrior(nn.Module):
     def variances(self) -> torch.Tensor:
         """``sigma^2``, shape (K, D)."""
         return self.logvars.exp()
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of each coordinate of ``z`` under the mixture, each shape (D,)."""
+        return mixture_moments(self.weights, self.means, self.variances)
 
     def _check(self, z: torch.Tensor, what: str = "z") -> None:
         if z.shape[-1:] != (self.dim,):

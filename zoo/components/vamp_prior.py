@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from zoo.components.mixture_prior import mixture_moments
 from zoo.components.reparameterize import _LOG_2PI
 
 Posterior = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -59,6 +60,11 @@ class VampPrior(nn.Module):
         """``log p(z)`` for latents shaped (..., D): shape (...)."""
         mu, logvar = posterior(self.pseudo_inputs())
         return torch.logsumexp(log_normal_components(z, mu, logvar), dim=-1) - math.log(self.components)
+
+    def moments(self, posterior: Posterior) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of each coordinate of ``z`` under the prior, each shape (D,)."""
+        mu, logvar = posterior(self.pseudo_inputs())
+        return mixture_moments(torch.full((self.components,), 1 / self.components, device=mu.device), mu, logvar.exp())
 
     def sample(self, n: int, posterior: Posterior, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` draws: a pseudo-input uniformly at random, then a latent from its posterior; shape (n, D)."""
