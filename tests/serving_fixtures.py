@@ -255,7 +255,7 @@ def served_isolated(zoo_models, runtime_python, tmp_path_factory):
         server.stop(directory)
 
 
-def refused_while_sending(send, *args, attempts: int = 3):
+def refused_while_sending(send, *args, attempts: int = 8):
     """``send(*args)`` for a body the server refuses before reading all of it.
 
     The server may answer and close while the client is still writing the body; the client then
