@@ -108,16 +108,13 @@ class VariationalAutoencoder(Autoencoder):
         and ``zoo eval``'s KL and negative ELBO then use it.
 
         Analytic against the standard normal. Against the VampPrior it has no closed form:
-        ``E_q[log p(z)]`` is averaged over the ``2 * latent_dim`` sigma points ``mu +- sqrt(D) sigma_d e_d``
-        (exact where ``log p`` is quadratic), so the value stays deterministic and per image.
+        ``E_q[log p(z)]`` is averaged over sigma points (:func:`sigma_point_kl`), so the value stays
+        deterministic and per image.
         Training draws its own one-sample estimate instead (see :meth:`loss`).
         """
         if self.vamp_prior is None:
             return kl_standard_normal(mu, logvar)
-        d = mu.shape[-1]
-        offsets = torch.diag_embed(torch.exp(0.5 * logvar)) * d ** 0.5  # (N, D, D): row j is sqrt(D) sigma_j e_j
-        points = torch.cat([mu.unsqueeze(-2) + offsets, mu.unsqueeze(-2) - offsets], dim=-2)  # (N, 2D, D)
-        return negative_entropy_diagonal(logvar) - self.log_prior(points).mean(-1)
+        return sigma_point_kl(mu, logvar, self.log_prior)
 
     @torch.no_grad()
     def prior_moments(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -197,6 +194,7 @@ class VariationalAutoencoder(Autoencoder):
         small enough to be fast; the value does not depend on ``max_pass`` beyond float rounding.
 
         - ``posterior``: ``(mu, logvar)`` of ``x`` when the caller has them already.
+        - The samples come from :meth:`importance_proposal`.
         - ``progress``: called after each pass with the number of images its samples amount to
           (samples / k), e.g. a progress bar's ``update``.
         """
@@ -207,25 +205,44 @@ class VariationalAutoencoder(Autoencoder):
         if max_pass is not None and max_pass < 1:
             raise ValueError(f"max_pass must be >= 1 decoder samples per pass, got {max_pass}")
         with _fast_inference(self):
-            mu, logvar = posterior if posterior is not None else self.posterior(x)
-            n, latent = mu.shape
-            std = torch.exp(0.5 * logvar)
+            draw = self.importance_proposal(x, posterior)
+            n, latent = len(x), self.latent_dim
             log_likelihood = self._tile_log_likelihood(x)
             log_weights = None
             for start in range(0, k, chunk):
                 size = min(chunk, k - start)
-                eps = torch.randn((size, n, latent), generator=generator, device=mu.device, dtype=mu.dtype)
+                eps = torch.randn((size, n, latent), generator=generator, device=x.device, dtype=x.dtype)
                 for rows, cols in _tiles(size, n, max_pass or size * n):
                     r = rows.stop - rows.start
-                    z = mu[cols] + std[cols] * eps[rows, cols]  # (r, c, latent)
+                    z, log_q = draw(eps[rows, cols], cols)  # (r, c, latent), (r, c)
                     log_px_z = log_likelihood(self.decoder_logits(z.reshape(-1, latent)), cols, r)
-                    log_w = log_px_z + self.log_prior(z) - log_normal_diagonal(z, mu[cols], logvar[cols])
+                    log_w = log_px_z + self.log_prior(z) - log_q
                     if log_weights is None:
                         log_weights = torch.empty((k, n), dtype=log_w.dtype, device=log_w.device)
                     log_weights[start + rows.start:start + rows.stop, cols] = log_w
                     if progress is not None:
                         progress(log_w.numel() / k)
             return importance_weighted_bound(log_weights)
+
+    def importance_proposal(
+        self, x: torch.Tensor, posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Callable[[torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor]]:
+        """The distribution :meth:`importance_weighted_log_likelihood` samples from, for the images ``x``.
+
+        Returns ``draw(eps, cols) -> (z, log_q)``: standard-normal noise ``eps`` shaped
+        (r, c, latent_dim) for the images ``x[cols]`` becomes latents ``z`` of the same shape and their
+        ``log q(z | x)``, shaped (r, c). Here ``q`` is the diagonal Gaussian ``posterior(x)`` (or the
+        ``posterior`` given). A VAE whose posterior is more than one diagonal Gaussian, e.g. a hierarchy
+        of latents, overrides this; the bound then samples its own ``q``.
+        """
+        mu, logvar = posterior if posterior is not None else self.posterior(x)
+        std = torch.exp(0.5 * logvar)
+
+        def draw(eps: torch.Tensor, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            z = mu[cols] + std[cols] * eps
+            return z, log_normal_diagonal(z, mu[cols], logvar[cols])
+
+        return draw
 
     def _tile_log_likelihood(self, x: torch.Tensor) -> Callable[[torch.Tensor, slice, int], torch.Tensor]:
         """``f(logits, cols, r)``: log p(x[cols] | z) as (r, len(cols)) for logits of r samples of each image.
@@ -250,6 +267,18 @@ class VariationalAutoencoder(Autoencoder):
             return self.log_likelihood(logits, _repeated(x[cols], r)).view(r, -1)
 
         return general
+
+
+def sigma_point_kl(mu: torch.Tensor, logvar: torch.Tensor, log_prior: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``KL(N(mu, diag(exp(logvar))) || p)`` per row for a prior known only by ``log_prior``, deterministically.
+
+    ``E_q[log p(z)]`` is averaged over the ``2 * D`` sigma points ``mu +- sqrt(D) sigma_d e_d``, which
+    is exact where ``log p`` is quadratic; the entropy of ``q`` is exact.
+    """
+    d = mu.shape[-1]
+    offsets = torch.diag_embed(torch.exp(0.5 * logvar)) * d ** 0.5  # (N, D, D): row j is sqrt(D) sigma_j e_j
+    points = torch.cat([mu.unsqueeze(-2) + offsets, mu.unsqueeze(-2) - offsets], dim=-2)  # (N, 2D, D)
+    return negative_entropy_diagonal(logvar) - log_prior(points).mean(-1)
 
 
 def _tiles(rows: int, cols: int, most: int) -> Iterator[tuple[slice, slice]]:

@@ -8,6 +8,7 @@ from zoo.components.losses import (
     elbo,
     gaussian_log_likelihood,
     importance_weighted_bound,
+    kl_diagonal_normals,
     kl_standard_normal,
 )
 from zoo.components.mixture_prior import (
@@ -32,6 +33,7 @@ __all__ = [
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
     "kl_standard_normal",
+    "kl_diagonal_normals",
     "elbo",
     "importance_weighted_bound",
     "GaussianReparameterization",
