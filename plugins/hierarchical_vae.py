@@ -52,7 +52,9 @@ from zoo.components.reparameterize import log_normal_diagonal
 from zoo.vae import VAEConfig, VariationalAutoencoder, sigma_point_kl
 from zoo_plugins.pretrained import bundled_entries
 
-PRETRAINED: dict[str, str] = {}  # name -> sha256 of model.safetensors
+PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
+    "hierarchical-vae-mnist": "7b5fb14ca5288f5dcc99cf8f6a7618419097fab3148dcc51d29075e2dc38832c",
+}
 
 NETWORKS = ("dense", "conv")
 #: Bounds of the log-variances of the Gaussians conditioned on another latent, as in Tomczak & Welling's
