@@ -13,9 +13,10 @@ Inference, bottom-up then conditioned on the top::
 The networks are dense (``network = "dense"``) or convolutional (``"conv"``); the convolutional ones
 reuse the zoo's ConvEncoder/ConvDecoder blocks.
 
-The latent code is the concatenation ``z = [z1, z2]`` (``latent_dim = bottom_dim + top_dim``), so every
-task that takes or returns a code works unchanged: ``encode`` gives ``[mean of q(z1 | x, z2 = mean of
-q(z2 | x)), mean of q(z2 | x)]``, ``decode`` maps a code to the image, ``sample`` draws top-down.
+The latent code is the concatenation ``z = [z1, z2]``: the model's ``latent_dim`` is the config's
+``latent_dim`` (the size of z1) plus ``top_dim``. Every task that takes or returns a code works unchanged:
+``encode`` gives ``[mean of q(z1 | x, z2 = mean of q(z2 | x)), mean of q(z2 | x)]``, ``decode`` maps a code
+to the image, ``sample`` draws top-down.
 
 What an importance-weighted bound ``log (1/k) sum_j p(x, z_j) / q(z_j | x)`` needs, all public:
 
