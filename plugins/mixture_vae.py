@@ -11,6 +11,10 @@ Training follows VaDE's recipe in one ``zoo train`` run:
    reconstruction term of ``decoder(m(x))``; the prior is not used. With ``pretrain_corruption = p``
    it is a denoising autoencoder, as in the stacked denoising pretraining DEC and VaDE started from:
    the encoder sees ``x`` with a fraction ``p`` of its pixels zeroed and the decoder rebuilds the clean ``x``.
+   With ``augment_shift``/``augment_rotation`` set, every training batch of both phases is first moved
+   by a random small shift and rotation per image (:func:`zoo.components.random_affine`, as in
+   DEC-DA, Guo et al. 2018), so that the codes, and the clusters fitted to them, do not split a digit
+   by its position or slant.
 2. During the last of those epochs the latent means of the training batches are kept (in a buffer
    that is checkpointed, so a resumed run continues exactly); at that epoch's end the trainer hook
    fits a diagonal Gaussian mixture to them (k-means++ then EM, ``init_restarts`` runs, seeded by
@@ -28,7 +32,7 @@ import math
 import torch
 
 import zoo
-from zoo.components import MLP, GaussianMixturePrior, elbo, fit_gaussian_mixture
+from zoo.components import MLP, GaussianMixturePrior, elbo, fit_gaussian_mixture, random_affine
 from zoo.components.blocks import ACTIVATIONS
 from zoo.components.corruption import corrupt
 from zoo.components.reparameterize import log_normal_diagonal
@@ -48,7 +52,9 @@ class MixtureVAEConfig(VAEConfig):
     ELBO trained (0: ELBO from the start). ``init_restarts``/``init_iterations``: EM runs (each from
     its own k-means++ seeding) and EM steps per run of the mixture fitted at the switch.
     ``pretrain_corruption``: fraction of pixels zeroed in the pretraining's encoder input (0: none);
-    the mixture is fitted to the codes of the clean images.
+    the mixture is fitted to the codes of the clean images. ``augment_shift`` (a fraction of the image
+    side) and ``augment_rotation`` (degrees): the largest random move of each training image, in both
+    phases (0: none); the mixture is fitted to the codes of the unmoved images.
     """
 
     latent_dim: int = 10
@@ -59,6 +65,8 @@ class MixtureVAEConfig(VAEConfig):
     init_restarts: int = 10
     init_iterations: int = 300
     pretrain_corruption: float = 0.0
+    augment_shift: float = 0.0
+    augment_rotation: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -67,6 +75,8 @@ class MixtureVAEConfig(VAEConfig):
         self.require_choice("activation", ACTIVATIONS)
         self.require(self.pretrain_epochs >= 0, "pretrain_epochs", "must be >= 0")
         self.require(0.0 <= self.pretrain_corruption < 1.0, "pretrain_corruption", "must be in [0, 1)")
+        self.require(0.0 <= self.augment_shift < 0.5, "augment_shift", "must be in [0, 0.5)")
+        self.require(0.0 <= self.augment_rotation <= 180.0, "augment_rotation", "must be in [0, 180] degrees")
         self.require(self.iwae_samples == 1, "iwae_samples", "must be 1: mixture-vae trains the VaDE ELBO")
         self.require(self.prior == "standard", "prior", "must be 'standard': mixture-vae's prior is its own "
                                                         "Gaussian mixture")
@@ -138,9 +148,16 @@ class MixtureVAE(VariationalAutoencoder):
     def _collecting(self) -> bool:
         return self.config.pretrain_epochs > 0 and int(self.epochs_trained) == self.config.pretrain_epochs - 1
 
+    def _augment(self, batch: torch.Tensor, step: int | None) -> torch.Tensor:
+        """The training batch moved by the configured random shifts and rotations; others unchanged."""
+        if not (self.training and step is not None):
+            return batch
+        return random_affine(batch, self.config.augment_shift, self.config.augment_rotation)
+
     def loss(self, batch: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
         if self.pretraining:
             return self._pretraining_loss(batch, step)
+        batch = self._augment(batch, step)
         mu, logvar = (t.float() for t in self.posterior(batch))  # the prior's terms in float32 under autocast
         z = self.reparameterize(mu, logvar, sample=True)
         kl = self.prior.kl(mu, logvar, self.prior.log_responsibilities(z))  # VaDE: q(c|x) = p(c|z)
@@ -150,12 +167,13 @@ class MixtureVAE(VariationalAutoencoder):
         return {name: value if name == "loss" else value.detach() for name, value in terms.items()}
 
     def _pretraining_loss(self, batch: torch.Tensor, step: int | None) -> dict[str, torch.Tensor]:
-        """Reconstruct the clean batch from the mean code of its (in training, corrupted) encoder input."""
+        """Reconstruct the (in training, moved) batch from the mean code of its (corrupted) encoder input."""
         training = self.training and step is not None
         level = self.config.pretrain_corruption
-        seen = corrupt(batch, "mask", level) if training and level > 0 else batch
+        target = self._augment(batch, step)
+        seen = corrupt(target, "mask", level) if training and level > 0 else target
         mu = self.posterior(seen)[0].float()
-        reconstruction = -self.log_likelihood(self.decoder_logits(mu).float(), batch).mean()
+        reconstruction = -self.log_likelihood(self.decoder_logits(mu).float(), target).mean()
         if training and self._collecting():
             if seen is not batch:
                 with torch.no_grad():

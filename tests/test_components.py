@@ -1,4 +1,4 @@
-"""The shared components: reparameterization, KL, likelihoods, ELBO, blocks, corruption, colour."""
+"""The shared components: reparameterization, KL, likelihoods, ELBO, blocks, corruption, augmentation, colour."""
 
 import math
 
@@ -15,6 +15,7 @@ from zoo.components import (
     elbo,
     gaussian_log_likelihood,
     kl_standard_normal,
+    random_affine,
 )
 from zoo.components.color import gray_lightness, lab_to_rgb, rgb_to_gray, rgb_to_lab
 from zoo.components.corruption import corrupt
@@ -104,6 +105,47 @@ def test_corruptions():
     assert 0.27 < (masked == 0).float().mean().item() < 0.33
     with pytest.raises(ValueError, match="unknown corruption"):
         corrupt(x, "blur", 0.1)
+
+
+def test_random_affine_shifts_each_image_by_its_own_whole_pixel_amount_within_the_limit():
+    x = torch.zeros(400, 1, 28, 28)
+    x[:, :, 14, 14] = 1.0
+    moved = random_affine(x, max_shift=0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(moved.flatten(1).sum(1), torch.ones(400))  # nearest sampling: one pixel, still binary
+    where = moved.flatten(1).argmax(1)
+    dy, dx = where // 28 - 14, where % 28 - 14
+    assert dy.abs().max() <= 3 and dx.abs().max() <= 3  # 10% of 28 pixels, rounded
+    assert len(set(zip(dy.tolist(), dx.tolist()))) >= 40  # every image draws its own move
+    assert abs(dy.float().mean()) < 0.3 and abs(dx.float().mean()) < 0.3  # symmetric
+    again = random_affine(x, max_shift=0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, moved)
+    assert random_affine(x, 0.0, 0.0) is x
+
+
+def test_random_affine_rotates_about_the_centre_within_the_limit():
+    bar = torch.zeros(300, 1, 28, 28)
+    bar[:, :, 13:15, 4:24] = 1.0  # a horizontal bar through the centre
+    turned = random_affine(bar, max_rotation=15.0, generator=torch.Generator().manual_seed(1))
+    assert set(turned.unique().tolist()) <= {0.0, 1.0}
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    w = turned[:, 0]
+    mass = w.sum((1, 2))
+    cy, cx = (w * ys).sum((1, 2)) / mass, (w * xs).sum((1, 2)) / mass
+    assert (cy - 13.5).abs().max() < 0.6 and (cx - 13.5).abs().max() < 0.6
+    cov_xy = (w * (xs - cx[:, None, None]) * (ys - cy[:, None, None])).sum((1, 2))
+    cov_xx = (w * (xs - cx[:, None, None]) ** 2).sum((1, 2))
+    cov_yy = (w * (ys - cy[:, None, None]) ** 2).sum((1, 2))
+    angle = torch.rad2deg(0.5 * torch.atan2(2 * cov_xy, cov_xx - cov_yy))
+    assert angle.abs().max() < 17 and angle.std() > 6  # uniform in [-15, 15] has std 8.7
+
+
+def test_random_affine_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="batch"):
+        random_affine(torch.zeros(1, 28, 28), 0.1)
+    with pytest.raises(ValueError, match="max_shift"):
+        random_affine(torch.zeros(1, 1, 28, 28), 1.0)
+    with pytest.raises(ValueError, match="max_rotation"):
+        random_affine(torch.zeros(1, 1, 28, 28), 0.0, -5.0)
 
 
 def test_lab_round_trip_and_grey_reproduction():

@@ -306,6 +306,10 @@ def test_config_errors_name_the_field():
         zoo.create("mixture-vae", pretrain_epochs=-1)
     with pytest.raises(ConfigError, match="pretrain_corruption"):
         zoo.create("mixture-vae", pretrain_corruption=1.0)
+    with pytest.raises(ConfigError, match="augment_shift"):
+        zoo.create("mixture-vae", augment_shift=0.5)
+    with pytest.raises(ConfigError, match="augment_rotation"):
+        zoo.create("mixture-vae", augment_rotation=-1.0)
 
 
 def test_iwae_and_kl_use_the_mixture_prior():
@@ -427,17 +431,43 @@ def test_denoising_pretraining_masks_the_encoder_input_and_collects_clean_codes(
     assert torch.equal(seen[-1], x) and not torch.equal(clean, noisy["loss"])  # validation is not corrupted
 
 
-@pytest.mark.parametrize("corruption", [0.0, 0.3])
-def test_resume_is_exact_across_an_interruption_while_collecting_latents(tmp_path, corruption):
+def test_augmentation_moves_training_batches_in_both_phases_and_collects_unmoved_codes():
+    model = zoo.create("mixture-vae", **{**SMALL, "pretrain_epochs": 1, "augment_shift": 0.2,
+                                         "augment_rotation": 20.0}).train()
+    torch.manual_seed(0)  # the global RNG draws the moves, as it draws the trainer's other noise
+    x = (torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].view_as(x).clone()))
+    targets = []
+    real_likelihood = model.log_likelihood
+    model.log_likelihood = lambda logits, target: targets.append(target) or real_likelihood(logits, target)
+    model.loss(x, step=1)  # pretraining: the moved image is both the input and the target
+    moved = seen[0]
+    assert set(moved.unique().tolist()) <= {0.0, 1.0}
+    assert sum(not torch.equal(moved[i], x[i]) for i in range(64)) >= 60  # a draw can be too small to move pixels
+    assert torch.equal(targets[0], moved)
+    assert torch.equal(seen[1], x)  # the collecting epoch keeps the unmoved images' codes for the mixture
+    model._pending = None
+    model.epochs_trained.fill_(1)  # the ELBO phase
+    model.loss(x, step=2)
+    assert not torch.equal(seen[2], x) and torch.equal(targets[1], seen[2])
+    model.eval()
+    model.loss(x, step=3)
+    assert torch.equal(seen[3], x) and torch.equal(targets[2], x)  # validation sees the images as they are
+
+
+@pytest.mark.parametrize("config", [{}, {"pretrain_corruption": 0.3}, {"augment_shift": 0.1, "augment_rotation": 10}],
+                         ids=["plain", "denoising", "augmented"])
+def test_resume_is_exact_across_an_interruption_while_collecting_latents(tmp_path, config):
     from zoo.training import Interrupted
 
-    straight, _ = train(tmp_path / "straight", pretrain_corruption=corruption)
+    straight, _ = train(tmp_path / "straight", **config)
     with pytest.raises(Interrupted):  # step 6 of 12: mid epoch 2, the collecting epoch
-        train(tmp_path / "resumed", interrupt_at=6, pretrain_corruption=corruption)
+        train(tmp_path / "resumed", interrupt_at=6, **config)
     partial = zoo.load(tmp_path / "resumed")
     collected = len(partial.init_latents)  # the batches collected so far were checkpointed with the weights
     assert 0 < collected < 64 and collected % 16 == 0 and partial.pretraining
-    resumed, _ = train(tmp_path / "resumed", resume=True, pretrain_corruption=corruption)
+    resumed, _ = train(tmp_path / "resumed", resume=True, **config)
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
 

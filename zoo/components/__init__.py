@@ -1,5 +1,6 @@
 """Building blocks shared by every architecture: written once here, reused by plugins."""
 
+from zoo.components.augment import random_affine
 from zoo.components.blocks import MLP, ConvDecoder, ConvEncoder, DownBlock, UpBlock, activation
 from zoo.components.losses import (
     ELBO,
@@ -28,6 +29,7 @@ __all__ = [
     "DownBlock",
     "UpBlock",
     "activation",
+    "random_affine",
     "ELBO",
     "KLWarmup",
     "bernoulli_log_likelihood",
