@@ -136,7 +136,10 @@ class HierarchicalVAE(VariationalAutoencoder):
 
     def top_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``q(z2 | x)`` as (mu, logvar), each (N, top_dim)."""
-        return self.top_head(self.features(x)).chunk(2, dim=-1)
+        return self._top_from_features(self.features(x))
+
+    def _top_from_features(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.top_head(h).chunk(2, dim=-1)
 
     def _bottom_from_features(self, h: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _gaussian(self.bottom_head(torch.cat([h.expand(*z2.shape[:-1], h.shape[-1]), z2], dim=-1)))
@@ -163,7 +166,7 @@ class HierarchicalVAE(VariationalAutoencoder):
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean-path Gaussian over ``[z1, z2]``: ``q(z2 | x)`` and ``q(z1 | x, z2 = its mean)``."""
         h = self.features(x)
-        mu2, logvar2 = self.top_head(h).chunk(2, dim=-1)
+        mu2, logvar2 = self._top_from_features(h)
         mu1, logvar1 = self._bottom_from_features(h, mu2)
         return torch.cat([mu1, mu2], -1), torch.cat([logvar1, logvar2], -1)
 
@@ -179,7 +182,7 @@ class HierarchicalVAE(VariationalAutoencoder):
         """``log q(z1 | x, z2) + log q(z2 | x)`` for codes (N, latent_dim) or (S, N, latent_dim) of images x (N)."""
         z1, z2 = self.split(z)
         h = self.features(x)
-        mu2, logvar2 = self.top_head(h).chunk(2, dim=-1)
+        mu2, logvar2 = self._top_from_features(h)
         return log_normal_diagonal(z1, *self._bottom_from_features(h, z2)) + log_normal_diagonal(z2, mu2, logvar2)
 
     def kl_divergence(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -195,7 +198,7 @@ class HierarchicalVAE(VariationalAutoencoder):
         each draw give z2, the rest z1. ``posterior`` (the mean-path Gaussian) is not needed and ignored."""
         d1 = self.config.latent_dim
         h = self.features(x)
-        mu2, logvar2 = self.top_head(h).chunk(2, dim=-1)
+        mu2, logvar2 = self._top_from_features(h)
 
         def draw(eps: torch.Tensor, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
             z2 = mu2[cols] + torch.exp(0.5 * logvar2[cols]) * eps[..., d1:]
@@ -235,7 +238,7 @@ class HierarchicalVAE(VariationalAutoencoder):
         k = self.config.iwae_samples
         weight = self.kl_schedule(step)
         h = self.features(batch)
-        mu2, logvar2 = self.top_head(h).chunk(2, dim=-1)
+        mu2, logvar2 = self._top_from_features(h)
         shape = (k, *mu2.shape) if k > 1 else mu2.shape
         z2 = mu2 + torch.exp(0.5 * logvar2) * torch.randn(shape, device=mu2.device, dtype=mu2.dtype)
         mu1, logvar1 = self._bottom_from_features(h, z2)
