@@ -185,11 +185,14 @@ def card_lines(points: list[dict], count: int, start: int = 0, models: tuple[str
 
 def write_card_entries(lines: dict[str, str]) -> None:
     """Put each model's line into its folder's applications.json, which `zoo card` renders on the card."""
+    command = ".venv/bin/python benchmarks/compression.py --cards"
+    if tuple(lines) != MODELS:
+        command += " --models " + " ".join(lines)
     for name, line in lines.items():
         path = CARDS / name / "applications.json"
         entries = json.loads(path.read_text()) if path.is_file() else {}
         entries["compression"] = {"title": "Compression", "lines": [line],
-                                  "command": ".venv/bin/python benchmarks/compression.py --cards"}
+                                  "command": command}
         path.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
         print(f"wrote {path}")
 

@@ -40,7 +40,7 @@ from zoo.vae import VAEConfig, VariationalAutoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
-    "mixture-vae-mnist": "3cca80aabca405e1c27ba3e88409495f6d749872893b116507ea3f7db689311c",
+    "mixture-vae-mnist": "3aba1ccf2234f2c3499e712bc1c97d98ade99c10549175366dc777901835d504",
 }
 
 
