@@ -137,6 +137,14 @@ def test_random_affine_rotates_about_the_centre_within_the_limit():
     cov_yy = (w * (ys - cy[:, None, None]) ** 2).sum((1, 2))
     angle = torch.rad2deg(0.5 * torch.atan2(2 * cov_xy, cov_xx - cov_yy))
     assert angle.abs().max() < 17 and angle.std() > 6  # uniform in [-15, 15] has std 8.7
+    wide = torch.zeros(300, 1, 28, 56)
+    wide[:, :, 14, 43] = 1.0  # one pixel 15 to the right of the centre (13.5, 27.5) of a 28 x 56 image
+    turned = random_affine(wide, max_rotation=40.0, generator=torch.Generator().manual_seed(2)).flatten(1)
+    kept = turned.sum(1) > 0  # nearest sampling of a turned grid can miss a lone pixel, or hit it twice
+    assert kept.sum() > 250
+    where = turned[kept].argmax(1)
+    radius = ((where // 56 - 13.5) ** 2 + (where % 56 - 27.5) ** 2).sqrt()
+    assert (radius - 15.5).abs().max() < 1.0  # turned in pixels: the distance to the centre is kept
 
 
 def test_random_affine_rejects_what_it_cannot_do():

@@ -27,6 +27,8 @@ def random_affine(x: torch.Tensor, max_shift: float = 0.0, max_rotation: float =
     angle = draws[:, 0] * math.radians(max_rotation)
     shift = draws[:, 1:] * (2 * max_shift)  # affine_grid's coordinates span [-1, 1]: 2 per image side
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1)
+    aspect = x.shape[-2] / x.shape[-1]  # rotate in pixels, not in affine_grid's per-axis [-1, 1] units
+    theta = torch.stack([torch.stack([cos, -sin * aspect, shift[:, 0]], -1),
+                         torch.stack([sin / aspect, cos, shift[:, 1]], -1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False).to(x.dtype)
