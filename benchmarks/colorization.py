@@ -17,9 +17,12 @@ Methods, each given the same grey patch (BT.601 luma of the true colours):
 Everything is reported over all patches of the split and per source photo (a patch's label is its
 photo). ``evaluate`` also draws the card's sample grid (grey / model / truth rows, one patch per photo:
 the first patch cut at 1/4 of the photo's shorter side). ``select`` chooses a training run's epoch and
-the decoding temperature (for models that have one) on the **validation** photos:
+the decoding temperature (for models that have one) on the **validation** photos, from the weights of
+every epoch that ``snapshot`` copied out of a training run while it ran:
 
-    OMP_NUM_THREADS=1 python benchmarks/colorization.py select runs/colorization-ae-photos/epochs \\
+    python benchmarks/colorization.py snapshot runs/colorization-ae-photos --epochs 10 \\
+        --into runs/colorization-ae-photos/epochs &
+    python benchmarks/colorization.py select runs/colorization-ae-photos/epochs --jobs 2 \\
         --temperatures 0.2,0.3,0.38,0.5,0.7,1 --out runs/colorization-ae-photos/selection.json
     OMP_NUM_THREADS=1 python benchmarks/colorization.py evaluate model_cards/colorization-ae-photos \\
         --split test --out model_cards/colorization-ae-photos/colorization_results.json \\
@@ -27,8 +30,11 @@ the decoding temperature (for models that have one) on the **validation** photos
 """
 
 import argparse
+import functools
 import json
 import math
+import multiprocessing
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,11 +44,12 @@ import torch
 import zoo
 import zoo.data
 from zoo.api import checkpoint_folder
-from zoo.checkpoint import WEIGHTS_NAME, sha256_file
+from zoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME, sha256_file
 from zoo.components.color import rgb_to_gray
 from zoo.evaluation.colour import ab_correlation, colourfulness, mean_ab, train_mean_baseline
 from zoo.evaluation.metrics import psnr, ssim
 from zoo.images import write_grid
+from zoo.training.state import POINTER
 
 DATASET = "photos"
 #: ``select``: the smallest validation colourfulness (as a fraction of the truth's) a choice may have.
@@ -183,6 +190,41 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def card_lines(result: dict) -> list[str]:
+    """The card's summary of an ``evaluate`` result: overall rows, the verdict against the targets, per photo."""
+    def row(name: str, r: dict) -> str:
+        text = f"{name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, colourfulness {r['colourfulness_pct_of_truth']:.0f}% of the truth's"
+        undefined = r["r_a"] is None or math.isnan(r["r_a"])  # the grey copy's a/b do not vary
+        return text + ("" if undefined else f", r(a) {r['r_a']:.2f}, r(b) {r['r_b']:.2f}")
+
+    overall = result["overall"]
+    model, grey, mean = overall["model"], overall["grey copy"], overall["train-mean a/b"]
+    colour = model["colourfulness_pct_of_truth"]
+    gain = model["psnr"] - mean["psnr"]
+    lines = [f"On {result['patches']:,} patches of the {result['photos']} held-out {result['split']} photos:",
+             row("model", model), row("grey copy", grey), row("train-mean a/b everywhere", mean),
+             f"The model is {gain:.2f} dB {'above' if gain >= 0 else 'below'} the train-mean a/b baseline "
+             f"({'at least 1 dB was aimed for: met' if gain >= 1 else 'at least 1 dB was aimed for: missed'}) and "
+             f"{abs(model['psnr'] - grey['psnr']):.2f} dB {'below' if model['psnr'] < grey['psnr'] else 'above'} "
+             f"the grey copy; its colourfulness is {colour:.0f}% of the truth's "
+             f"({'50% was aimed for: met' if colour >= 50 else '50% was aimed for: missed'})."]
+    for name, photo in result["per_photo"].items():
+        m, g, t = photo["model"], photo["grey copy"], photo["train-mean a/b"]
+        lines.append(f"{name}: PSNR model {m['psnr']:.2f} / grey {g['psnr']:.2f} / train-mean {t['psnr']:.2f} dB; "
+                     f"colourfulness {m['colourfulness_pct_of_truth']:.0f}% (train-mean "
+                     f"{t['colourfulness_pct_of_truth']:.0f}%); r(a) {m['r_a']:.2f}, r(b) {m['r_b']:.2f}")
+    return lines
+
+
+def write_card_entry(folder: Path, lines: list[str], command: str) -> Path:
+    """Put the summary into ``folder``'s applications.json, which `zoo card` renders on the card."""
+    path = folder / "applications.json"
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    entries["colorization"] = {"title": "Colorization on held-out photos", "lines": lines, "command": command}
+    path.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def evaluate_command(args) -> None:
     model = zoo.load(args.model, device="cpu")
     set_temperature(model, args.temperature)
@@ -201,44 +243,89 @@ def evaluate_command(args) -> None:
         print(f"wrote {args.out}")
     if args.figure:
         print(f"wrote {figure(result, Path(args.figure))}")
+    if args.card:
+        print(f"wrote {write_card_entry(Path(args.card), card_lines(result), record['command'])}")
+
+
+_BASELINES: dict[str, torch.Tensor] = {}  # a select worker's truth and baselines, computed once per process
+
+
+def _start_worker(split: str, train_split: str) -> None:
+    torch.set_num_threads(1)
+    data = zoo.data.load(DATASET, split)
+    _BASELINES.update(outputs(IdentityColorizer(), data.images, mean_ab(zoo.data.load(DATASET, train_split).images)))
+
+
+def _score_checkpoint(folder: Path, temperatures: list) -> list[dict]:
+    """One checkpoint's validation rows, one per temperature (in a worker started by ``_start_worker``)."""
+    colourings = colorize_at(zoo.load(folder, device="cpu"), _BASELINES["truth"], temperatures)
+    rows = []
+    for t in temperatures:
+        overall = scores({**_BASELINES, "model": colourings[t]}, with_ssim=False)
+        rows.append({"checkpoint": folder.name, "temperature": t, "psnr": overall["model"]["psnr"],
+                     "colourfulness_pct_of_truth": overall["model"]["colourfulness_pct_of_truth"],
+                     "r_a": overall["model"]["r_a"], "r_b": overall["model"]["r_b"],
+                     "train_mean_psnr": overall["train-mean a/b"]["psnr"]})
+    return rows
 
 
 def select_command(args) -> None:
     """Score every epoch folder x temperature on the validation photos; choose by the rule in --help."""
-    folders = sorted((p for p in Path(args.epochs).iterdir() if (p / "config.json").is_file()),
-                     key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    folders = sorted((p for p in Path(args.epochs).iterdir() if (p / CONFIG_NAME).is_file()),
+                     key=lambda p: (int(p.name.rsplit("-", 1)[-1]), p.name))
     if not folders:
         raise SystemExit(f"no checkpoint folders (with config.json) in {args.epochs}")
     temperatures = [float(t) for t in args.temperatures.split(",")] if args.temperatures else [None]
     data = zoo.data.load(DATASET, args.split)
-    ab = mean_ab(zoo.data.load(DATASET, args.train_split).images)
     rows = []
-    baselines = outputs(IdentityColorizer(), data.images, ab)
-    for folder in folders:
-        model = zoo.load(folder, device="cpu")
-        colourings = colorize_at(model, baselines["truth"], temperatures)
-        for t in temperatures:
-            overall = scores({**baselines, "model": colourings[t]}, with_ssim=False)
-            row = {"checkpoint": folder.name, "temperature": t, "psnr": overall["model"]["psnr"],
-                   "colourfulness_pct_of_truth": overall["model"]["colourfulness_pct_of_truth"],
-                   "r_a": overall["model"]["r_a"], "r_b": overall["model"]["r_b"],
-                   "train_mean_psnr": overall["train-mean a/b"]["psnr"]}
-            rows.append(row)
-            print(f"{folder.name:>12}  T={t}  PSNR {row['psnr']:.3f} (train-mean {row['train_mean_psnr']:.3f})  "
-                  f"colour {row['colourfulness_pct_of_truth']:.1f}%  r(a) {row['r_a']:.3f}  r(b) {row['r_b']:.3f}",
-                  flush=True)
+    with multiprocessing.get_context("spawn").Pool(args.jobs, _start_worker, (args.split, args.train_split)) as pool:
+        for scored in pool.imap(functools.partial(_score_checkpoint, temperatures=temperatures), folders):
+            rows.extend(scored)
+            for row in scored:
+                print(f"{row['checkpoint']:>12}  T={row['temperature']}  PSNR {row['psnr']:.3f} (train-mean "
+                      f"{row['train_mean_psnr']:.3f})  colour {row['colourfulness_pct_of_truth']:.1f}%  "
+                      f"r(a) {row['r_a']:.3f}  r(b) {row['r_b']:.3f}", flush=True)
     eligible = [r for r in rows if r["colourfulness_pct_of_truth"] >= 100 * args.min_colourfulness]
     chosen = (max(eligible, key=lambda r: r["psnr"]) if eligible
               else max(rows, key=lambda r: r["colourfulness_pct_of_truth"]))
     rule = (f"highest validation PSNR among the (checkpoint, temperature) pairs whose validation colourfulness is at "
             f"least {100 * args.min_colourfulness:.0f}% of the truth's (if none is, the most colourful)")
-    record = {"split": args.split, "patches": len(data), "data_checksum": data.checksum, "rule": rule,
+    record = {"epochs": str(args.epochs), "split": args.split, "patches": len(data), "data_checksum": data.checksum,
+              "rule": rule,
               "chosen": chosen, "candidates": rows,
               "command": "python benchmarks/colorization.py " + " ".join(sys.argv[1:])}
     print(f"chosen: {chosen['checkpoint']} T={chosen['temperature']} ({rule})")
     if args.out:
         Path(args.out).write_text(json.dumps(no_nan(record), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.out}")
+
+
+def snapshot_command(args) -> None:
+    """Follow a training run: copy the weights of each finished epoch to INTO/<prefix>epoch-<n>."""
+    pointer_path, into = Path(args.run) / POINTER, Path(args.into)
+    into.mkdir(parents=True, exist_ok=True)
+    copied = {int(p.name.rsplit("-", 1)[-1]) for p in into.glob(f"{args.prefix}epoch-*") if (p / WEIGHTS_NAME).is_file()}
+    while max(copied, default=0) < args.epochs:
+        time.sleep(args.poll)
+        if not pointer_path.is_file():  # the run has not finished its first checkpoint yet
+            continue
+        try:
+            pointer = json.loads(pointer_path.read_text())
+            if pointer["batch_in_epoch"] != 0 or pointer["epoch"] in copied or pointer["epoch"] == 0:
+                continue
+            source, target = Path(args.run) / pointer["path"], into / f"{args.prefix}epoch-{pointer['epoch']}"
+            staging = into / f".{target.name}.partial"
+            staging.mkdir(exist_ok=True)
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                shutil.copyfile(source / name, staging / name)
+                if sha256_file(staging / name) != pointer["sha256"][name]:
+                    raise OSError(f"{name} changed while it was copied")
+        except (OSError, ValueError, KeyError) as error:  # not written yet, or replaced while read: try again
+            print(f"waiting for {pointer_path}: {error}", flush=True)
+            continue
+        staging.rename(target)
+        copied.add(pointer["epoch"])
+        print(f"copied epoch {pointer['epoch']} to {target}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,16 +339,24 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--temperature", type=float, default=None, help="override the model's decoding temperature")
     ev.add_argument("--out", help="write the results as JSON here")
     ev.add_argument("--figure", help="write the sample grid PNG here")
+    ev.add_argument("--card", help="write the summary into this model folder's applications.json (then `zoo card`)")
     sel = commands.add_parser("select", help="choose a checkpoint and temperature on the validation photos")
     sel.add_argument("epochs", help="a folder of checkpoint folders named <anything>-<epoch>")
     sel.add_argument("--temperatures", default="", help="comma-separated decoding temperatures to try")
     sel.add_argument("--split", default="val", choices=("val",))
     sel.add_argument("--train-split", default="fit", choices=("fit",))
     sel.add_argument("--min-colourfulness", type=float, default=MIN_COLOURFULNESS)
+    sel.add_argument("--jobs", type=int, default=1, help="score this many checkpoints at once (one thread each)")
     sel.add_argument("--out", help="write the candidates and the choice as JSON here")
+    snap = commands.add_parser("snapshot", help="while a run trains, keep each epoch's weights for select")
+    snap.add_argument("run", help="the training run's output folder")
+    snap.add_argument("--epochs", type=int, required=True, help="stop after copying this epoch")
+    snap.add_argument("--into", required=True, help="the folder to copy <prefix>epoch-<n> folders into")
+    snap.add_argument("--prefix", default="", help="put before epoch-<n>, to gather several runs in one folder")
+    snap.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    {"evaluate": evaluate_command, "select": select_command}[args.command](args)
+    {"evaluate": evaluate_command, "select": select_command, "snapshot": snapshot_command}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.components import DownBlock, UpBlock, gaussian_log_likelihood
+from zoo.components import DownBlock, UpBlock, class_rebalancing_weights, gaussian_log_likelihood
 from zoo.components.blocks import ACTIVATIONS, activation, divisible_side
 from zoo.components.color import gray_lightness, lab_to_rgb, rgb_to_gray, rgb_to_lab
 from zoo.config import ModelConfig
@@ -40,6 +40,16 @@ class ColorizationAEConfig(ModelConfig):
       ``loss_stride``-th pixel of each row and column (an offset that moves with the step covers them
       all): the per-pixel softmax over the bins costs more than the rest of the network, and
       neighbouring pixels' colours are nearly the same.
+
+    ``rebalance`` (classification only; 0, the default, is off) weights each pixel's cross-entropy by the
+    inverse of its colour bin's frequency in the training images seen so far, mixed with the uniform
+    distribution (:func:`zoo.components.class_rebalancing_weights`; 0.5 is Zhang et al.'s setting). Most
+    training pixels are dull, so without it the network learns to bet on dull colours; with it the
+    rare saturated bins count more, and the output is more colourful, at a cost in PSNR. On the
+    ``photos`` validation patches (10 epochs): 0.1 gave 85-98% of the truth's colourfulness at
+    20.2 dB, against 62-65% at 21.3 dB without it; 0.5 overshot to more colour than the truth. The
+    counts are kept in the ``ab_counts`` buffer, so a resumed run continues with them, and they ship
+    with the weights as the training set's colour histogram.
     """
 
     image_channels: int = 3
@@ -50,6 +60,7 @@ class ColorizationAEConfig(ModelConfig):
     ab_bins: int = 16
     temperature: float = 0.38
     loss_stride: int = 2
+    rebalance: float = 0.0
 
     def validate(self) -> None:
         self.require(self.image_channels == 3, "image_channels", "must be 3 (the output is RGB)")
@@ -61,6 +72,9 @@ class ColorizationAEConfig(ModelConfig):
         self.require_choice("objective", OBJECTIVES)
         self.require(self.ab_bins >= 2, "ab_bins", "must be at least 2")
         self.require_positive("temperature", "loss_stride")
+        self.require_range("rebalance", 0.0, 1.0, high_inclusive=False)
+        self.require(self.rebalance == 0.0 or self.objective == "classification", "rebalance",
+                     "needs objective='classification' (it weights the colour bins' cross-entropy)")
 
 
 class ColorizationAE(Autoencoder):
@@ -95,6 +109,9 @@ class ColorizationAE(Autoencoder):
         centres = torch.linspace(-AB_RANGE, AB_RANGE, config.ab_bins) / AB_SCALE
         grid = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1).reshape(-1, 2)
         self.register_buffer("ab_centres", grid, persistent=False)
+        if config.rebalance > 0:  # soft counts of the training pixels' a/b bins, for the loss weights
+            # float64: a float32 count stops growing by fractional weights once it passes about 2**24
+            self.register_buffer("ab_counts", torch.zeros(config.ab_bins**2, dtype=torch.float64))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -137,6 +154,14 @@ class ColorizationAE(Autoencoder):
         weight = torch.stack([(1 - fa) * (1 - fb), (1 - fa) * fb, fa * (1 - fb), fa * fb], 1)
         return index, weight
 
+    def _pixel_weights(self, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Each pixel's rebalancing weight (N, H, W), its soft bins' weights; in training, count the bins first."""
+        if self.training:
+            with torch.no_grad():
+                self.ab_counts.index_add_(0, index.flatten(), weight.flatten().to(self.ab_counts))
+        per_bin = class_rebalancing_weights(self.ab_counts, self.config.rebalance).to(weight)
+        return (per_bin[index] * weight).sum(1)
+
     def _network(self, lightness: torch.Tensor) -> torch.Tensor:
         return self.merge[-1][-1](self._features(lightness))
 
@@ -177,6 +202,9 @@ class ColorizationAE(Autoencoder):
             picked = log_probs.gather(-1, index.permute(0, 2, 3, 1))
             cross_entropy = -(picked * weight.permute(0, 2, 3, 1)).sum(-1)  # per pixel, nats
             terms = {"loss": cross_entropy.mean()}
+            if self.config.rebalance > 0:
+                terms = {"loss": (self._pixel_weights(index, weight) * cross_entropy).mean(),
+                         "cross_entropy": cross_entropy.mean().detach()}
             if not self.training:  # decoding costs as much as the loss: only for validation
                 with torch.no_grad():
                     terms["ab_mse"] = (self.annealed_mean(logits) - target_ab).pow(2).mean()

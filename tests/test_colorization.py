@@ -7,7 +7,8 @@ import torch
 
 import zoo
 import zoo.data
-from zoo.components.color import rgb_to_gray, rgb_to_lab
+from zoo.components import class_rebalancing_weights
+from zoo.components.color import gray_lightness, rgb_to_gray, rgb_to_lab
 from zoo.evaluation.colour import (ab_correlation, colourfulness, colourfulness_ratio, constant_ab, mean_ab, pearson,
                                    train_mean_baseline)
 from zoo.evaluation.metrics import psnr
@@ -136,10 +137,70 @@ def test_classification_objective_trains_and_saturates_where_regression_greys():
     assert results["classification"] > results["regression"] + 0.2, results
 
 
+def test_rebalancing_moves_the_predicted_distribution_towards_the_rare_colour():
+    # one grey seen as red 12 times and as green 4. Plain cross-entropy learns the bins' frequencies, so
+    # its mean colour is 1/4 of the way from red to green; weighted by 1/(0.99 p + 0.01/Q), the optimum
+    # puts each bin's probability at its weight x frequency, and the mean moves to where that says
+    red, green = torch.tensor([0.8, 0.3, 0.3]), torch.tensor([0.2, 0.625, 0.2])
+    batch = torch.stack([red] * 12 + [green] * 4).view(16, 3, 1, 1).expand(16, 3, 8, 8).contiguous()
+    true_ab = rgb_to_lab(batch)[:, 1:, 0, 0] / 100
+    red_ab, green_ab = true_ab[0], true_ab[-1]
+
+    def share_of_green(ab: torch.Tensor) -> float:
+        return float((ab - red_ab) @ (green_ab - red_ab) / (green_ab - red_ab).pow(2).sum())
+
+    learnt, optimum = {}, {}
+    for rebalance in (0.0, 0.99):
+        model = small("classification", ab_bins=12, rebalance=rebalance)
+        optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+        for step in range(300):
+            loss = model.loss(batch, step=step)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            logits = model.ab_logits(gray_lightness(rgb_to_gray(batch[:1])))
+        learnt[rebalance] = share_of_green(model.annealed_mean(logits, 1.0)[0, :, 0, 0])
+        index, weight = model._soft_bins(true_ab.view(16, 2, 1, 1))
+        frequency = torch.zeros(144).index_add_(0, index.flatten(), weight.flatten())
+        if rebalance:
+            assert torch.allclose((model.ab_counts / model.ab_counts.sum()).float(), frequency / frequency.sum())
+            frequency = frequency * class_rebalancing_weights(frequency, rebalance)
+        optimum[rebalance] = share_of_green((frequency / frequency.sum()) @ model.ab_centres)
+
+    assert optimum[0.0] == pytest.approx(0.25, abs=1e-4)  # the soft bins keep the mean exact
+    assert optimum[0.99] > 0.45
+    assert learnt == pytest.approx(optimum, abs=0.05)
+
+
+def test_rebalancing_counts_the_training_bins_and_only_in_training():
+    model = small("classification", ab_bins=6, rebalance=0.5)
+    batch = torch.rand(4, 3, 8, 8)
+    index, weight = model._soft_bins(rgb_to_lab(batch)[:, 1:] / 100)
+    expected = torch.zeros(36, dtype=torch.float64).index_add_(0, index.flatten(), weight.flatten().double())
+
+    model.loss(batch, step=0)  # the stride-1 offset of step 0 sees every 2nd pixel of every 2nd row
+    seen = model.ab_counts.clone()
+    model.eval()
+    terms = model.loss(batch)
+
+    assert "ab_counts" in model.state_dict() and 0 < seen.sum() < expected.sum()
+    assert torch.equal(model.ab_counts, seen)  # validation does not count
+    assert torch.isfinite(terms["loss"]) and "cross_entropy" in terms
+    model.train()
+    model.ab_counts.zero_()
+    model.config.loss_stride = 1
+    model.loss(batch, step=0)
+    assert torch.allclose(model.ab_counts, expected)
+
+
 def test_classification_config_passes_the_architecture_contract():
     from zoo.testing.conformance import check_architecture
 
     check_architecture("colorization-ae", config={"channels": [8, 16], "objective": "classification", "ab_bins": 6})
+    check_architecture("colorization-ae", config={"channels": [8, 16], "objective": "classification", "ab_bins": 6,
+                                                  "rebalance": 0.5})
 
 
 def test_bad_objective_settings_are_named():
@@ -151,6 +212,10 @@ def test_bad_objective_settings_are_named():
         zoo.create("colorization-ae", ab_bins=1)
     with pytest.raises(ConfigError, match="temperature"):
         zoo.create("colorization-ae", temperature=0.0)
+    with pytest.raises(ConfigError, match="rebalance"):
+        zoo.create("colorization-ae", objective="classification", rebalance=1.5)
+    with pytest.raises(ConfigError, match="rebalance.*classification"):
+        zoo.create("colorization-ae", rebalance=0.5)  # regression has no bins to weigh
 
 
 # --- the shipped model, on real held-out photos -----------------------------------------------------
@@ -180,3 +245,76 @@ def test_shipped_model_beats_the_train_mean_baseline_on_test_photos():
 
     assert gain >= MIN_PSNR_GAIN, f"model PSNR only {gain:.2f} dB above the train-mean a/b baseline"
     assert colourfulness_ratio(colour, x) >= MIN_COLOURFULNESS > colourfulness_ratio(baseline, x)
+
+
+# --- the benchmark's helpers ----------------------------------------------------------------------------
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "colorization.py"
+    spec = importlib.util.spec_from_file_location("colorization_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_snapshot_keeps_the_weights_of_every_finished_epoch_of_a_running_training(tmp_path):
+    import argparse
+    import threading
+    import time
+
+    from zoo.checkpoint import sha256_file
+    from zoo.training.state import write_checkpoint
+
+    benchmark = _benchmark()
+    run, into = tmp_path / "run", tmp_path / "epochs"
+    model = small("classification", ab_bins=6)
+
+    def checkpoint(epoch: int, batch_in_epoch: int = 0) -> None:
+        with torch.no_grad():
+            model.merge[-1][-1].bias.fill_(float(epoch))  # every epoch's weights differ
+        write_checkpoint(run, f"step-{epoch}-{batch_in_epoch}", model, {}, {},
+                         {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": 10 * epoch})
+
+    checkpoint(1)
+    follower = threading.Thread(target=benchmark.snapshot_command, args=(
+        argparse.Namespace(run=str(run), epochs=3, into=str(into), prefix="a-", poll=0.02),))
+    follower.start()
+    for epoch, batch in ((2, 5), (2, 0), (3, 0)):  # a mid-epoch checkpoint is not an epoch's weights
+        time.sleep(0.3)
+        checkpoint(epoch, batch)
+    follower.join(timeout=30)
+
+    assert not follower.is_alive()
+    assert sorted(p.name for p in into.iterdir()) == ["a-epoch-1", "a-epoch-2", "a-epoch-3"]
+    for epoch in (1, 2, 3):
+        copy = zoo.load(into / f"a-epoch-{epoch}")
+        assert float(copy.merge[-1][-1].bias[0].detach()) == epoch
+    assert sha256_file(into / "a-epoch-3" / "model.safetensors") == sha256_file(
+        run / "checkpoints" / "step-3-0" / "model.safetensors")
+
+
+def test_card_lines_give_the_verdict_against_both_targets():
+    benchmark = _benchmark()
+
+    def method(psnr, colour, r=0.1):
+        return {"psnr": psnr, "ssim": 0.8, "colourfulness_pct_of_truth": colour, "r_a": r, "r_b": r}
+
+    result = {"patches": 512, "photos": 2, "split": "test",
+              "overall": {"model": method(20.0, 52.0), "grey copy": method(21.0, 0.0, math.nan),
+                          "train-mean a/b": method(18.5, 20.0)},
+              "per_photo": {"x.png": {"model": method(19.0, 40.0), "grey copy": method(20.0, 0.0, None),
+                                      "train-mean a/b": method(18.0, 10.0)}}}
+    lines = benchmark.card_lines(result)
+
+    assert lines[0] == "On 512 patches of the 2 held-out test photos:"
+    assert lines[2] == "grey copy: PSNR 21.00 dB, SSIM 0.800, colourfulness 0% of the truth's"  # no r of a constant
+    assert "1.50 dB above the train-mean a/b baseline (at least 1 dB was aimed for: met)" in lines[4]
+    assert "1.00 dB below the grey copy" in lines[4] and "52% of the truth's (50% was aimed for: met)" in lines[4]
+    assert lines[5].startswith("x.png: PSNR model 19.00 / grey 20.00 / train-mean 18.00 dB; colourfulness 40%")
+    result["overall"]["model"] = method(19.0, 49.0)
+    assert "(at least 1 dB was aimed for: missed)" in benchmark.card_lines(result)[4]
+    assert "(50% was aimed for: missed)" in benchmark.card_lines(result)[4]

@@ -12,6 +12,7 @@ from zoo.components import (
     GaussianReparameterization,
     KLWarmup,
     bernoulli_log_likelihood,
+    class_rebalancing_weights,
     elbo,
     gaussian_log_likelihood,
     kl_standard_normal,
@@ -299,3 +300,31 @@ def test_vamp_prior_kl_is_exact_for_one_pseudo_input_and_samples_follow_its_post
     assert torch.allclose(z.var(0).log(), logvar_p[0], atol=0.05)
     with pytest.raises(zoo.errors.ConfigError, match="prior"):
         zoo.create("dense-vae", prior="gaussian-mixture")
+
+
+# --- class rebalancing --------------------------------------------------------------------------------
+
+
+def test_rebalancing_weights_go_from_uniform_to_inverse_frequency_and_keep_the_mean():
+    counts = torch.tensor([90.0, 9.0, 1.0, 0.0])
+    p = counts / counts.sum()
+
+    assert torch.equal(class_rebalancing_weights(counts, 0.0), torch.ones(4))
+    nearly_pure = class_rebalancing_weights(counts[:3], 0.99999)
+    assert torch.allclose(nearly_pure * p[:3], torch.full((3,), 1 / 3), rtol=1e-3)  # each class counts the same
+    half = class_rebalancing_weights(counts, 0.5)
+    assert torch.allclose((p * half).sum(), torch.tensor(1.0))  # the loss keeps its scale under p
+    assert half[0] < 1 < half[1] < half[2] < half[3]  # the rarer, the heavier
+    assert half[3] / half[0] == pytest.approx((0.5 * 0.9 + 0.5 / 4) / (0.5 / 4), rel=1e-5)
+    assert torch.equal(class_rebalancing_weights(torch.zeros(5), 0.7), torch.ones(5))  # nothing counted yet
+
+
+def test_rebalancing_weights_reject_bad_arguments():
+    for strength in (-0.1, 1.0):  # 1 would weigh a class never seen infinitely
+        with pytest.raises(ValueError, match="strength"):
+            class_rebalancing_weights(torch.ones(3), strength)
+    with pytest.raises(ValueError, match="negative"):
+        class_rebalancing_weights(torch.tensor([1.0, -1.0]), 0.5)
+    with pytest.raises(ValueError, match="vector"):
+        class_rebalancing_weights(torch.ones(2, 2), 0.5)
+

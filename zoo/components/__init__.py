@@ -19,6 +19,7 @@ from zoo.components.mixture_prior import (
     fit_gaussian_mixture,
     kmeans,
 )
+from zoo.components.rebalance import class_rebalancing_weights
 from zoo.components.reparameterize import GaussianReparameterization, log_normal_standard
 from zoo.components.vamp_prior import VampPrior, log_normal_components
 
@@ -38,6 +39,7 @@ __all__ = [
     "kl_diagonal_normals",
     "elbo",
     "importance_weighted_bound",
+    "class_rebalancing_weights",
     "GaussianReparameterization",
     "log_normal_standard",
     "GaussianMixturePrior",
