@@ -291,13 +291,18 @@ def select_command(args) -> None:
     rule = (f"highest validation PSNR among the (checkpoint, temperature) pairs whose validation colourfulness is at "
             f"least {100 * args.min_colourfulness:.0f}% of the truth's (if none is, the most colourful)")
     record = {"epochs": str(args.epochs), "split": args.split, "patches": len(data), "data_checksum": data.checksum,
-              "rule": rule,
-              "chosen": chosen, "candidates": rows,
+              "rule": rule, "chosen": chosen, "candidates": rows,
               "command": "python benchmarks/colorization.py " + " ".join(sys.argv[1:])}
     print(f"chosen: {chosen['checkpoint']} T={chosen['temperature']} ({rule})")
     if args.out:
         Path(args.out).write_text(json.dumps(no_nan(record), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.out}")
+
+
+def _run_ended(run: Path) -> bool:
+    """Whether the run wrote its recipe (which it does when it completes or is interrupted) after its last checkpoint."""
+    recipe, pointer = run / "recipe.json", run / POINTER
+    return recipe.is_file() and recipe.stat().st_mtime >= pointer.stat().st_mtime
 
 
 def snapshot_command(args) -> None:
@@ -312,6 +317,9 @@ def snapshot_command(args) -> None:
         try:
             pointer = json.loads(pointer_path.read_text())
             if pointer["batch_in_epoch"] != 0 or pointer["epoch"] in copied or pointer["epoch"] == 0:
+                if _run_ended(Path(args.run)) and pointer["epoch"] in copied:
+                    print(f"{args.run} ended after epoch {pointer['epoch']}, before epoch {args.epochs}", flush=True)
+                    return
                 continue
             source, target = Path(args.run) / pointer["path"], into / f"{args.prefix}epoch-{pointer['epoch']}"
             staging = into / f".{target.name}.partial"
@@ -326,6 +334,13 @@ def snapshot_command(args) -> None:
         staging.rename(target)
         copied.add(pointer["epoch"])
         print(f"copied epoch {pointer['epoch']} to {target}", flush=True)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -346,11 +361,12 @@ def main(argv: list[str] | None = None) -> None:
     sel.add_argument("--split", default="val", choices=("val",))
     sel.add_argument("--train-split", default="fit", choices=("fit",))
     sel.add_argument("--min-colourfulness", type=float, default=MIN_COLOURFULNESS)
-    sel.add_argument("--jobs", type=int, default=1, help="score this many checkpoints at once (one thread each)")
+    sel.add_argument("--jobs", type=positive_int, default=1, help="score this many checkpoints at once (one thread each)")
     sel.add_argument("--out", help="write the candidates and the choice as JSON here")
     snap = commands.add_parser("snapshot", help="while a run trains, keep each epoch's weights for select")
     snap.add_argument("run", help="the training run's output folder")
-    snap.add_argument("--epochs", type=int, required=True, help="stop after copying this epoch")
+    snap.add_argument("--epochs", type=positive_int, required=True,
+                      help="stop after copying this epoch (or when the run ends before it)")
     snap.add_argument("--into", required=True, help="the folder to copy <prefix>epoch-<n> folders into")
     snap.add_argument("--prefix", default="", help="put before epoch-<n>, to gather several runs in one folder")
     snap.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the run")

@@ -195,12 +195,33 @@ def test_rebalancing_counts_the_training_bins_and_only_in_training():
     assert torch.allclose(model.ab_counts, expected)
 
 
+def test_flip_augmentation_mirrors_training_batches_only():
+    from zoo.components import random_flip
+
+    flipping = small("classification", ab_bins=6, augment_flip=True)
+    plain = small("classification", ab_bins=6)
+    plain.load_state_dict(flipping.state_dict())
+    batch = torch.rand(8, 3, 8, 8)
+
+    torch.manual_seed(5)
+    augmented = flipping.loss(batch, step=3)["loss"]
+    torch.manual_seed(5)
+    expected = plain.loss(random_flip(batch), step=3)["loss"]
+    assert torch.equal(augmented, expected) and not torch.equal(augmented, plain.loss(batch, step=3)["loss"])
+
+    flipping.eval()
+    plain.eval()
+    state = torch.get_rng_state()
+    assert torch.equal(flipping.loss(batch)["loss"], plain.loss(batch)["loss"])  # validation is not moved
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_classification_config_passes_the_architecture_contract():
     from zoo.testing.conformance import check_architecture
 
     check_architecture("colorization-ae", config={"channels": [8, 16], "objective": "classification", "ab_bins": 6})
     check_architecture("colorization-ae", config={"channels": [8, 16], "objective": "classification", "ab_bins": 6,
-                                                  "rebalance": 0.5})
+                                                  "rebalance": 0.5, "augment_flip": True})
 
 
 def test_bad_objective_settings_are_named():
@@ -295,6 +316,10 @@ def test_snapshot_keeps_the_weights_of_every_finished_epoch_of_a_running_trainin
         assert float(copy.merge[-1][-1].bias[0].detach()) == epoch
     assert sha256_file(into / "a-epoch-3" / "model.safetensors") == sha256_file(
         run / "checkpoints" / "step-3-0" / "model.safetensors")
+
+    # a run that ends (writes its recipe) before the asked-for epoch does not keep the follower waiting
+    (run / "recipe.json").write_text("{}")
+    benchmark.snapshot_command(argparse.Namespace(run=str(run), epochs=9, into=str(into), prefix="a-", poll=0.02))
 
 
 def test_card_lines_give_the_verdict_against_both_targets():

@@ -17,6 +17,7 @@ from zoo.components import (
     gaussian_log_likelihood,
     kl_standard_normal,
     random_affine,
+    random_flip,
 )
 from zoo.components.color import gray_lightness, lab_to_rgb, rgb_to_gray, rgb_to_lab
 from zoo.components.corruption import corrupt
@@ -328,3 +329,16 @@ def test_rebalancing_weights_reject_bad_arguments():
     with pytest.raises(ValueError, match="vector"):
         class_rebalancing_weights(torch.ones(2, 2), 0.5)
 
+
+
+def test_random_flip_mirrors_about_half_of_the_images_each_by_its_own_draw():
+    x = torch.rand(400, 2, 3, 5)
+    flipped = random_flip(x, generator=torch.Generator().manual_seed(0))
+    mirrored = (flipped == x.flip(-1)).flatten(1).all(1)
+    kept = (flipped == x).flatten(1).all(1)
+
+    assert bool((mirrored ^ kept).all())  # every image is either itself or its exact mirror
+    assert 150 < int(mirrored.sum()) < 250
+    assert torch.equal(flipped, random_flip(x, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        random_flip(torch.rand(3, 5))

@@ -1,6 +1,6 @@
 """Building blocks shared by every architecture: written once here, reused by plugins."""
 
-from zoo.components.augment import random_affine
+from zoo.components.augment import random_affine, random_flip
 from zoo.components.blocks import MLP, ConvDecoder, ConvEncoder, DownBlock, UpBlock, activation
 from zoo.components.losses import (
     ELBO,
@@ -31,6 +31,7 @@ __all__ = [
     "UpBlock",
     "activation",
     "random_affine",
+    "random_flip",
     "ELBO",
     "KLWarmup",
     "bernoulli_log_likelihood",

@@ -1,4 +1,4 @@
-"""Random small affine moves of image batches: the augmentation that makes codes shift- and tilt-invariant."""
+"""Random moves of image batches for augmentation: small affine moves and mirror flips."""
 
 import math
 
@@ -32,3 +32,11 @@ def random_affine(x: torch.Tensor, max_shift: float = 0.0, max_rotation: float =
                          torch.stack([sin / aspect, cos, shift[:, 1]], -1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False).to(x.dtype)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image of ``x`` (N, C, H, W) left to right with probability 1/2, each by its own draw."""
+    if x.dim() != 4:
+        raise ValueError(f"random_flip expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
