@@ -216,6 +216,35 @@ def test_flip_augmentation_mirrors_training_batches_only():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_training_with_rebalancing_and_flips_resumes_exactly_after_an_interruption(tmp_path):
+    import os
+    import signal
+
+    from zoo.data import ImageDataset
+    from zoo.training import Interrupted, TrainConfig, Trainer
+
+    images = torch.randint(0, 256, (48, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.zeros(48, dtype=torch.int64)
+    fit = ImageDataset(images, labels, name="tiny", split="fit", checksum="-")
+    val = ImageDataset(images[:16], labels[:16], name="tiny", split="val", checksum="-")
+
+    def train(out, interrupt_at=None, resume=False):
+        model = small("classification", ab_bins=6, image_size=8, rebalance=0.5, augment_flip=True)
+        if interrupt_at is not None:
+            model.on_train_step_end = lambda step, terms: step == interrupt_at and os.kill(os.getpid(), signal.SIGINT)
+        config = TrainConfig(epochs=3, batch_size=16, val_batch_size=16, seed=0)
+        Trainer(model, fit, val, config, out, data_name="tiny", progress=False, log=lambda _: None).fit(resume=resume)
+        return model
+
+    straight = train(tmp_path / "straight")
+    with pytest.raises(Interrupted):  # mid epoch 2: the counts so far are checkpointed with the weights
+        train(tmp_path / "resumed", interrupt_at=5)
+    assert 0 < float(zoo.load(tmp_path / "resumed").ab_counts.sum()) < float(straight.ab_counts.sum())
+    resumed = train(tmp_path / "resumed", resume=True)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
 def test_classification_config_passes_the_architecture_contract():
     from zoo.testing.conformance import check_architecture
 
