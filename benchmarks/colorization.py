@@ -193,7 +193,8 @@ def table(result: dict) -> str:
 def card_lines(result: dict) -> list[str]:
     """The card's summary of an ``evaluate`` result: overall rows, the verdict against the targets, per photo."""
     def row(name: str, r: dict) -> str:
-        text = f"{name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, colourfulness {r['colourfulness_pct_of_truth']:.0f}% of the truth's"
+        text = (f"{name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, "
+                f"colourfulness {r['colourfulness_pct_of_truth']:.0f}% of the truth's")
         undefined = r["r_a"] is None or math.isnan(r["r_a"])  # the grey copy's a/b do not vary
         return text + ("" if undefined else f", r(a) {r['r_a']:.2f}, r(b) {r['r_b']:.2f}")
 
@@ -300,7 +301,7 @@ def select_command(args) -> None:
 
 
 def _run_ended(run: Path) -> bool:
-    """Whether the run wrote its recipe (which it does when it completes or is interrupted) after its last checkpoint."""
+    """Whether the run wrote its recipe (it does when it completes or stops) after its last checkpoint."""
     recipe, pointer = run / "recipe.json", run / POINTER
     return recipe.is_file() and recipe.stat().st_mtime >= pointer.stat().st_mtime
 
@@ -309,7 +310,8 @@ def snapshot_command(args) -> None:
     """Follow a training run: copy the weights of each finished epoch to INTO/<prefix>epoch-<n>."""
     pointer_path, into = Path(args.run) / POINTER, Path(args.into)
     into.mkdir(parents=True, exist_ok=True)
-    copied = {int(p.name.rsplit("-", 1)[-1]) for p in into.glob(f"{args.prefix}epoch-*") if (p / WEIGHTS_NAME).is_file()}
+    copied = {int(p.name.rsplit("-", 1)[-1]) for p in into.glob(f"{args.prefix}epoch-*")
+              if (p / WEIGHTS_NAME).is_file()}
     while max(copied, default=0) < args.epochs:
         time.sleep(args.poll)
         if not pointer_path.is_file():  # the run has not finished its first checkpoint yet
@@ -361,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     sel.add_argument("--split", default="val", choices=("val",))
     sel.add_argument("--train-split", default="fit", choices=("fit",))
     sel.add_argument("--min-colourfulness", type=float, default=MIN_COLOURFULNESS)
-    sel.add_argument("--jobs", type=positive_int, default=1, help="score this many checkpoints at once (one thread each)")
+    sel.add_argument("--jobs", type=positive_int, default=1,
+                     help="score this many checkpoints at once (one thread each)")
     sel.add_argument("--out", help="write the candidates and the choice as JSON here")
     snap = commands.add_parser("snapshot", help="while a run trains, keep each epoch's weights for select")
     snap.add_argument("run", help="the training run's output folder")

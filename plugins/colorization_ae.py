@@ -48,9 +48,9 @@ class ColorizationAEConfig(ModelConfig):
     rare saturated bins count more, and the output is more colourful, at a cost in PSNR. On the
     ``photos`` validation patches (10 epochs, both with ``augment_flip``, temperatures 0.2-1): 0.1 gave
     80-120% of the truth's colourfulness at 19.4-20.3 dB, against 56-63% at 21.0-21.5 dB without
-    it; 0.5 (stopped after 4 epochs, no flips) overshot to 106-196%. The counts are kept in the ``ab_counts`` buffer, so a
-    resumed run continues with them, and they ship with the weights as the training set's colour
-    histogram.
+    it; 0.5 (stopped after 4 epochs, no flips) overshot to 106-196%. The counts are kept in the
+    ``ab_counts`` buffer, so a resumed run continues with them, and they ship with the weights as the
+    training set's colour histogram.
 
     ``augment_flip`` mirrors each training image left to right with probability 1/2 (validation
     images are left alone). On the ``photos`` validation patches it did not pay: against the same

@@ -2,7 +2,8 @@
 
 Colorization trained as classification over colour bins sees mostly the dull bins (skies, walls,
 shadows), so its predictions drift towards them. Weighting each pixel's loss by the inverse of its
-bin's (smoothed) frequency, as in Zhang, Isola & Efros (2016), makes the rare saturated bins count.
+bin's frequency mixed with the uniform distribution, as in Zhang, Isola & Efros (2016), makes the
+rare saturated bins count.
 """
 
 import torch
