@@ -180,7 +180,7 @@ def test_rebalancing_counts_the_training_bins_and_only_in_training():
     index, weight = model._soft_bins(rgb_to_lab(batch)[:, 1:] / 100)
     expected = torch.zeros(36, dtype=torch.float64).index_add_(0, index.flatten(), weight.flatten().double())
 
-    model.loss(batch, step=0)  # the stride-1 offset of step 0 sees every 2nd pixel of every 2nd row
+    model.loss(batch, step=0)  # loss_stride 2: step 0 counts every 2nd pixel of every 2nd row, from (0, 0)
     seen = model.ab_counts.clone()
     model.eval()
     terms = model.loss(batch)
