@@ -98,11 +98,12 @@ def test_photo_cards_state_how_small_the_photo_set_is(tmp_path):
     from zoo.data.registry import DATASETS, PHOTOS
 
     recipe = DATASETS["photos"].patches
-    per_photo = len(recipe.scales) * recipe.per_scale
+    per_photo = recipe.crops_per_photo("train")
     train = recipe.split_photos(list(DATASETS["photos"].files))["train"]
-    fit = len(train) - DATASETS["photos"].validation.groups
+    held_out = DATASETS["photos"].validation.groups
+    fit = len(train) - held_out
     assert f"{per_photo * fit:,} training patches (32x32) cut from just {fit} photos" in body
-    assert f"validation patches from {DATASETS['photos'].validation.groups} others" in body
+    assert f"{per_photo * held_out:,} validation patches from {held_out} others" in body
     assert "3,072 test patches from 12 held-out photos (lomiri-Bridge_by_Sander_Klootwijk" in body
     assert f"The training photos are {len(PHOTOS)} freely licensed photographs from: scikit-image" in body
 

@@ -299,6 +299,33 @@ def test_patch_split_holds_out_whole_photos(tmp_path):
         np.testing.assert_array_equal(arrays[key], again[key])
 
 
+def test_training_photos_get_more_crops_and_the_test_patches_stay_the_same(tmp_path):
+    photos = []
+    for i in range(5):
+        photos.append(tmp_path / f"noise{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(photos[-1])
+    plain = PatchRecipe(size=8, scales=(0.25, 0.5), per_scale=3, test_photos=2, seed=1)
+    dense = PatchRecipe(size=8, scales=(0.25, 0.5), per_scale=3, train_per_scale=7, test_photos=2, seed=1)
+
+    (plain_arrays, plain_split), (dense_arrays, dense_split) = plain.build(photos), dense.build(photos)
+
+    assert dense_split == plain_split
+    for key in ("test-images", "test-labels"):
+        np.testing.assert_array_equal(dense_arrays[key], plain_arrays[key])
+    assert (dense.crops_per_photo("train"), dense.crops_per_photo("test")) == (14, 6)
+    assert dense_arrays["train-images"].shape == (3 * 14, 3, 8, 8)
+    counts = np.unique(dense_arrays["train-labels"], return_counts=True)[1]
+    assert counts.tolist() == [14, 14, 14]  # every training photo gives the larger number
+    # the extra crops are new views, not copies of the same few
+    assert len(np.unique(dense_arrays["train-images"].reshape(42, -1), axis=0)) == 42
+
+
+@pytest.mark.parametrize("fields", [{"per_scale": 0}, {"train_per_scale": 0}, {"train_per_scale": -2}])
+def test_a_patch_recipe_needs_a_crop_per_scale(fields):
+    with pytest.raises(ValueError, match="at least one crop per scale"):
+        PatchRecipe(**fields)
+
+
 def test_patch_dataset_is_built_cached_and_verified(data_home, tmp_path, monkeypatch):
     photos = {p.name: p.read_bytes() for p in make_photos(tmp_path / "src")}
     register(monkeypatch, DatasetSpec(
@@ -428,8 +455,8 @@ def test_real_photo_splits_hold_out_whole_photos():
     assert not photos["fit"] & photos["val"] and not photos["fit"] & photos["test"]
     assert not photos["val"] & photos["test"]
     assert len(photos["fit"] | photos["val"] | photos["test"]) == len(names)
-    per_photo = len(spec.patches.scales) * spec.patches.per_scale
-    assert len(test) == per_photo * len(split["test"]) and len(fit) + len(val) == per_photo * len(split["train"])
+    assert len(test) == spec.patches.crops_per_photo("test") * len(split["test"])
+    assert len(fit) + len(val) == spec.patches.crops_per_photo("train") * len(split["train"])
 
 # --- batching ---------------------------------------------------------------------------------
 

@@ -133,13 +133,14 @@ def _patch_split(spec) -> dict[str, Any] | None:
     if recipe is None:
         return None
     split = recipe.split_photos(list(spec.files))
-    per_photo = len(recipe.scales) * recipe.per_scale
+    per_training_photo = recipe.crops_per_photo("train")
     held_out = spec.validation.groups if spec.validation is not None else 0
     fit_photos = len(split["train"]) - held_out
-    return {"size": recipe.size, "per_photo": per_photo,
-            "train_photos": fit_photos, "train_patches": per_photo * fit_photos,
-            "val_photos": held_out, "val_patches": per_photo * held_out,
-            "test": [Path(n).stem for n in split["test"]], "test_patches": per_photo * len(split["test"])}
+    return {"size": recipe.size,
+            "train_photos": fit_photos, "train_patches": per_training_photo * fit_photos,
+            "val_photos": held_out, "val_patches": per_training_photo * held_out,
+            "test": [Path(n).stem for n in split["test"]],
+            "test_patches": recipe.crops_per_photo("test") * len(split["test"])}
 
 
 def dataset_limitations(dataset: str | None) -> list[str]:

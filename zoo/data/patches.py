@@ -14,7 +14,9 @@ class PatchRecipe:
     """How patches are cut: every field is recorded in the manifest next to the arrays.
 
     From each photo, ``per_scale`` square crops are taken at random positions for each
-    crop side ``scale * shorter photo side`` and resized to ``size`` x ``size``.
+    crop side ``scale * shorter photo side`` and resized to ``size`` x ``size``. Training photos
+    get ``train_per_scale`` crops instead, when it is set: more views of the few training photos,
+    while the test patches stay exactly those that ``per_scale`` alone cuts.
     ``test_photos`` whole photos (drawn with ``seed``) go to the test split. With
     ``spread_test``, the test photos are spread over the photos' collections (the part of a
     file name before its first ``-``: ``mate-Dune.jpg`` is in ``mate``) in proportion to each
@@ -25,9 +27,23 @@ class PatchRecipe:
     size: int = 32
     scales: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
     per_scale: int = 64
+    train_per_scale: int | None = None
     test_photos: int = 4
     seed: int = 0
     spread_test: bool = False
+
+    def __post_init__(self):
+        if self.per_scale < 1 or (self.train_per_scale is not None and self.train_per_scale < 1):
+            raise ValueError(f"a photo needs at least one crop per scale; got per_scale={self.per_scale}, "
+                             f"train_per_scale={self.train_per_scale}")
+
+    def per_scale_of(self, split: str) -> int:
+        """Crops per scale from each photo of ``split`` ("train" or "test")."""
+        return self.train_per_scale if split == "train" and self.train_per_scale else self.per_scale
+
+    def crops_per_photo(self, split: str) -> int:
+        """How many patches each photo of ``split`` gives."""
+        return len(self.scales) * self.per_scale_of(split)
 
     def split_photos(self, photos: Sequence[str]) -> dict[str, list[str]]:
         """Assign whole photos to splits: ``{"train": [...], "test": [...]}``, each sorted."""
@@ -48,8 +64,8 @@ class PatchRecipe:
             test = {names[i] for i in order[: self.test_photos]}
         return {"train": [n for n in names if n not in test], "test": sorted(test)}
 
-    def cut(self, photo: Path, photo_index: int) -> np.ndarray:
-        """Return this photo's patches as uint8 (N, 3, size, size); the same on every call."""
+    def cut(self, photo: Path, photo_index: int, split: str = "test") -> np.ndarray:
+        """Return the patches of a photo of ``split`` as uint8 (N, 3, size, size); the same on every call."""
         from PIL import Image
 
         rng = np.random.default_rng([self.seed, photo_index])
@@ -59,7 +75,7 @@ class PatchRecipe:
             patches = []
             for scale in self.scales:
                 side = max(self.size, round(min(width, height) * scale))
-                for _ in range(self.per_scale):
+                for _ in range(self.per_scale_of(split)):
                     left = int(rng.integers(0, width - side + 1))
                     top = int(rng.integers(0, height - side + 1))
                     box = (left, top, left + side, top + side)
@@ -80,7 +96,7 @@ class PatchRecipe:
             images, labels = [], []
             for name in split[split_name]:
                 index = names.index(name)
-                patches = self.cut(by_name[name], index)
+                patches = self.cut(by_name[name], index, split_name)
                 images.append(patches)
                 labels.append(np.full(len(patches), index, dtype=np.int64))
             arrays[f"{split_name}-images"] = np.concatenate(images)
