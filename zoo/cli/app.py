@@ -16,7 +16,7 @@ COMMAND_MODULES = {
     "card": "publish", "export": "export", "compress": "compress", "decompress": "compress",
     "new-plugin": "scaffold",
     "sample": "local", "reconstruct": "local", "denoise": "local", "colorize": "local", "encode": "local",
-    "interpolate": "local", "manifold": "local",
+    "interpolate": "local", "manifold": "local", "decode": "decode", "cluster": "cluster",
     "anomaly": "anomaly",
 }
 

@@ -1,5 +1,6 @@
 """Run a model's tasks in this process, without a server: ``zoo sample``, ``zoo reconstruct``, ``zoo denoise``,
-``zoo colorize``, ``zoo encode``, ``zoo interpolate`` and ``zoo manifold``.
+``zoo colorize``, ``zoo encode``, ``zoo interpolate`` and ``zoo manifold``, and the helpers that
+``zoo decode`` (:mod:`zoo.cli.decode`), ``zoo cluster`` (:mod:`zoo.cli.cluster`) and ``zoo anomaly`` build on.
 
 Inputs and outputs follow ``zoo predict``: images are PNG/JPEG files read at the
 model's input size and channels, and every output image is the PNG the server
@@ -22,7 +23,6 @@ or scalar task is a command that calls :func:`run_table_task` (both build on
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -45,8 +45,6 @@ PROGRESS_MIN = 20
 #: A --grid shows at most this many inputs (and their outputs), this many to a row.
 GRID_MAX = 64
 GRID_COLS = 8
-#: The formats `--out` of a table task (encode) may name, by suffix.
-TABLE_FORMATS = (".npy", ".json", ".csv")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**63 - 1
 
@@ -102,13 +100,13 @@ def scale_option(default: int):
                         help="Grid pixels per image pixel (nearest-neighbour upscaling, for viewing).")
 
 
-def table_output(example: str):
+def table_output(example: str, dtype: str = "float32"):
     """--out FILE (.npy, .json or .csv) and --overwrite, for tasks whose outputs are vectors or scalars."""
     def decorate(func):
         func = overwrite_option(func)
         return click.option(
             "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",
-            help=f"e.g. {example}. FILE.npy: float32 array, one row per input, plus FILE.txt listing the inputs "
+            help=f"e.g. {example}. FILE.npy: {dtype} array, one row per input, plus FILE.txt listing the inputs "
                  "in row order; FILE.json: {model, task, columns, files, values}; FILE.csv: a header, then "
                  "file,value... per input.")(func)
     return decorate
@@ -175,7 +173,7 @@ def start(name: str, tasks: tuple[str, ...], device: str, batch_size: int, no_pr
 # Checking outputs before anything is computed
 
 
-def _png_path(path: Path | None, option: str) -> Path | None:
+def png_path(path: Path | None, option: str) -> Path | None:
     if path is not None and path.suffix.lower() != ".png":
         raise click.UsageError(f"{option} {path}: images are written as PNG; give a path ending in .png")
     return path
@@ -203,7 +201,7 @@ def check_outputs(targets: list[Path], overwrite: bool, inputs: list[Path] = ())
                                    "or choose another output")
 
 
-def _output_targets(paths: list[Path], out: Path, suffix: str = ".png") -> list[Path]:
+def output_targets(paths: list[Path], out: Path, suffix: str = ".png") -> list[Path]:
     """OUT/<stem><suffix> for each input; two inputs with one stem are refused, naming both."""
     by_name: dict[str, Path] = {}
     targets = []
@@ -261,7 +259,7 @@ def image_task_command(task: str, name: str, inputs: tuple[str, ...], out: Path,
     if TASKS[task].output != "image":
         raise click.ClickException(f"task {task!r} gives a {TASKS[task].output} per image, not an image")
     paths = expand_inputs(list(inputs))
-    targets = _output_targets(paths, out)
+    targets = output_targets(paths, out)
     check_outputs([*targets, *([grid] if grid else [])], overwrite, paths)
     files = read_images(run, paths, resize)
     destination = dict(zip(paths, targets))
@@ -290,24 +288,18 @@ def run_table_task(task: str, name: str, inputs: tuple[str, ...], out: Path, ove
     """An image -> vector or scalar task over IN..., its values written to --out as .npy (+ .txt), .json or .csv."""
     import torch
 
+    from zoo.cli.tables import table_files, write_table
     from zoo.images import expand_inputs
     from zoo.tasks import TASKS
 
-    suffix = out.suffix.lower()
-    if suffix not in TABLE_FORMATS:
-        raise click.UsageError(f"--out {out}: name a {', '.join(TABLE_FORMATS)} file")
+    table_files(out, [])  # a wrong --out suffix is refused before the model loads
     run = start(name, (task,), device, batch_size, no_progress, as_json)
     kind = TASKS[task].output
     if kind not in ("vector", "scalar"):
         raise click.ClickException(f"task {task!r} gives an {kind} per image; it has a command of its own")
     paths = expand_inputs(list(inputs))
-    sidecar = out.with_suffix(".txt") if suffix == ".npy" else None
-    if sidecar is not None:
-        bad = next((p for p in paths if "\n" in str(p) or "\r" in str(p)), None)
-        if bad is not None:
-            raise click.ClickException(f"{bad!r}: a file name with a line break cannot be listed in {sidecar}; "
-                                       "use --out with .json or .csv")
-    check_outputs([out, *([sidecar] if sidecar else [])], overwrite, paths)
+    targets = table_files(out, paths)
+    check_outputs(targets, overwrite, paths)
     files = read_images(run, paths, resize)
     rows = [outputs.reshape(len(batch), -1) for batch, _, outputs in run_image_task(run, task, files)]
     values = torch.cat(rows).numpy().astype("float32")
@@ -321,46 +313,8 @@ def run_table_task(task: str, name: str, inputs: tuple[str, ...], out: Path, ove
     written = write_table(out, [str(p) for p in paths], values, columns, {"model": run.name, "task": task})
     run.report(f"{task}: wrote {values.shape[0]} x {len(columns)} values to {', '.join(map(str, written))}",
                {"task": task, "count": len(paths), "shape": list(values.shape), "columns": len(columns),
-                "format": suffix[1:], "out": str(out), "files_list": str(sidecar) if sidecar else None})
-
-
-def write_table(out: Path, files: list[str], values, columns: list[str], meta: dict[str, Any]) -> list[Path]:
-    """Write ``values`` ((N,) or (N, K) float32, row i for ``files[i]``) to ``out`` by its suffix; the paths written.
-
-    .npy: the array, and ``out`` with .txt listing the files one per line; .json: an object with
-    ``columns``, ``files`` and ``values``; .csv: a header (``file`` and the columns), one row per file.
-    Numbers are written so that reading them back as float32 gives the same values; NaN and
-    infinities are null in JSON and nan/inf in CSV.
-    """
-    import csv
-    import io
-
-    import numpy as np
-
-    from zoo.images import write_bytes
-
-    suffix = out.suffix.lower()
-    if suffix == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(values, dtype=np.float32))
-        sidecar = out.with_suffix(".txt")
-        write_bytes(out, buffer.getvalue())
-        write_bytes(sidecar, "".join(f"{f}\n" for f in files).encode())
-        return [out, sidecar]
-    # str() of a float32 is its shortest decimal that reads back as the same float32
-    rows = [[str(v) for v in row] for row in np.asarray(values, dtype=np.float32).reshape(len(files), -1)]
-    if suffix == ".json":
-        clean = [[float(v) if math.isfinite(float(v)) else None for v in row] for row in rows]
-        body = {**meta, "columns": columns, "files": files,
-                "values": clean if values.ndim == 2 else [row[0] for row in clean]}
-        write_bytes(out, (json.dumps(body) + "\n").encode())
-        return [out]
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["file", *columns])
-    writer.writerows([f, *row] for f, row in zip(files, rows))
-    write_bytes(out, text.getvalue().encode())
-    return [out]
+                "format": out.suffix.lower()[1:], "out": str(out),
+                "files_list": str(targets[1]) if len(targets) > 1 else None})
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +333,7 @@ def _register_image_task(task: str, help_text: str) -> None:
     @scale_option(3)
     @model_options
     def command(grid, **options):
-        image_task_command(task, grid=_png_path(grid, "--grid"), **options)
+        image_task_command(task, grid=png_path(grid, "--grid"), **options)
 
 
 for _task, _help in IMAGE_TASK_HELP.items():
@@ -422,7 +376,7 @@ def sample_command(name, n, seed, out, each, overwrite, scale, device, batch_siz
 
     if out is None and each is None:
         raise click.UsageError("say where the samples go: --out grid.png and/or --each DIR")
-    _png_path(out, "--out")
+    png_path(out, "--out")
     run = start(name, ("sample",), device, batch_size, no_progress, as_json)
     width = max(4, len(str(n - 1)))
     files = [each / f"sample-{i:0{width}d}.png" for i in range(n)] if each is not None else []
@@ -477,7 +431,7 @@ def interpolate_command(name, image_a, image_b, steps, out, resize, overwrite, s
     from zoo.images import write_grid
     from zoo.latents import interpolation
 
-    _png_path(out, "--out")
+    png_path(out, "--out")
     run = start(name, ("encode", "decode"), device, batch_size, no_progress, as_json)
     check_outputs([out], overwrite, [image_a, image_b])
     (_, images), = read_images(run, [image_a, image_b], resize).batches(2)
@@ -513,7 +467,7 @@ def manifold_command(name, out, side, overwrite, scale, device, batch_size, no_p
     from zoo.images import write_grid
     from zoo.latents import MANIFOLD_QUANTILES, manifold_codes
 
-    _png_path(out, "--out")
+    png_path(out, "--out")
     run = start(name, ("decode",), device, batch_size, no_progress, as_json)
     latent_dim = run.model.latent_dim
     if latent_dim != 2:
