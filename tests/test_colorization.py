@@ -271,12 +271,12 @@ def test_bad_objective_settings_are_named():
 # --- the shipped model, on real held-out photos -----------------------------------------------------
 
 #: Measured on all 3,072 test patches (model_cards/colorization-ae-photos/colorization_results.json): PSNR
-#: 20.71 dB against 19.66 dB for the train-mean a/b baseline (+1.05 dB), colourfulness 45% of the truth's
-#: against 26%. On the sample below (every 16th patch) the same model measures +1.22 dB and 48%; the floors
-#: leave room for sampling noise, not for a worse model.
+#: 20.16 dB against 19.67 dB for the train-mean a/b baseline (+0.50 dB), colourfulness 56% of the truth's
+#: against 26%. On the sample below (every 16th patch) the same model measures +0.87 dB and 58%; the floors
+#: leave room for arithmetic noise, not for a worse model.
 SAMPLE_EVERY = 16
 MIN_PSNR_GAIN = 0.8
-MIN_COLOURFULNESS = 0.40
+MIN_COLOURFULNESS = 0.50
 
 
 @pytest.mark.skipif(not zoo.data.is_fetched("photos"),

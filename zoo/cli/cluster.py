@@ -7,6 +7,7 @@ cluster holds.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -61,7 +62,7 @@ def cluster_command(name, inputs, resize, out, overwrite, grid, scale, device, b
                 {"model": run.name, "task": TASK})
     if grid is not None:
         write_grid(cluster_rows(members, files.shape), grid, nrow=GRID_COLS, scale=scale)
-    sizes = {k: clusters.count(k) for k in sorted(members)}
+    sizes = dict(sorted(Counter(clusters).items()))
     listed = ", ".join(f"{k}: {n}" for k, n in sizes.items())
     run.report(f"cluster: {len(paths)} input(s) in {len(sizes)} cluster(s) ({listed}) to {out}"
                + (f" and the grid {grid}" if grid else ""),
@@ -76,8 +77,9 @@ def cluster_indices(name: str, outputs, count: int) -> list[int]:
     values = outputs.reshape(-1)
     if len(values) != count:
         raise click.ClickException(f"{name}: cluster gave {len(values)} values for {count} images, not one each")
-    if not torch.isfinite(values).all() or not torch.equal(values, values.round()) or (values < 0).any():
-        raise click.ClickException(f"{name}: cluster gave {values.tolist()}; a cluster is a whole number >= 0")
+    bad = ~torch.isfinite(values) | (values != values.round()) | (values < 0)
+    if bad.any():
+        raise click.ClickException(f"{name}: cluster gave {float(values[bad][0])}; a cluster is a whole number >= 0")
     return [int(v) for v in values.tolist()]
 
 

@@ -127,7 +127,7 @@ def read_table(path: Path) -> Table:
 
 def _read_npy(path: Path):
     array = np.load(path, allow_pickle=False)
-    if not np.issubdtype(array.dtype, np.number):
+    if array.dtype.kind not in "iuf":  # integers or floats; not text, objects or complex numbers
         raise TableError(f"{path}: holds {array.dtype} values, not numbers")
     sidecar = path.with_suffix(".txt")
     files = sidecar.read_text().splitlines() if sidecar.is_file() else None
