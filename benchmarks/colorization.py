@@ -56,6 +56,7 @@ DATASET = "photos"
 MIN_COLOURFULNESS = 0.55
 #: The sample grid shows this patch of each photo: patches are cut 64 per scale, scales 1/16, 1/8, 1/4, 1/2.
 FIGURE_PATCH = 128
+FIGURE_WIDTH = 12
 
 
 def photo_names() -> list[str]:
@@ -110,12 +111,18 @@ def evaluate(model, split: str, train_split: str, with_ssim: bool = True) -> dic
 
 
 def figure(result: dict, path: Path) -> Path:
-    """Grey / model / truth rows, one patch (the FIGURE_PATCH-th cut) of each photo of the split."""
+    """Grey / model / truth rows, one patch (the FIGURE_PATCH-th cut) of each photo of the split, in bands
+    of at most FIGURE_WIDTH photos (the last band padded with white)."""
     labels, out = result["_labels"], result["_outputs"]
     firsts = [int(torch.nonzero(labels == label)[0]) for label in sorted(set(labels.tolist()))]
     picks = torch.tensor([first + FIGURE_PATCH for first in firsts])
-    rows = torch.cat([out["grey copy"][picks], out["model"][picks], out["truth"][picks]])
-    return write_grid(rows, path, nrow=len(picks), scale=3)
+    width = min(len(picks), FIGURE_WIDTH)
+    bands = []
+    for start in range(0, len(picks), width):
+        band = picks[start:start + width]
+        blank = torch.ones((width - len(band), *out["truth"].shape[1:]))
+        bands.extend(torch.cat([out[method][band], blank]) for method in ("grey copy", "model", "truth"))
+    return write_grid(torch.cat(bands), path, nrow=width, scale=3)
 
 
 class IdentityColorizer:
@@ -251,10 +258,10 @@ def evaluate_command(args) -> None:
 _BASELINES: dict[str, torch.Tensor] = {}  # a select worker's truth and baselines, computed once per process
 
 
-def _start_worker(split: str, train_split: str) -> None:
+def _start_worker(split: str, train_split: str, every: int) -> None:
     torch.set_num_threads(1)
-    data = zoo.data.load(DATASET, split)
-    _BASELINES.update(outputs(IdentityColorizer(), data.images, mean_ab(zoo.data.load(DATASET, train_split).images)))
+    images = zoo.data.load(DATASET, split).images[::every]
+    _BASELINES.update(outputs(IdentityColorizer(), images, mean_ab(zoo.data.load(DATASET, train_split).images)))
 
 
 def _score_checkpoint(folder: Path, temperatures: list) -> list[dict]:
@@ -279,7 +286,8 @@ def select_command(args) -> None:
     temperatures = [float(t) for t in args.temperatures.split(",")] if args.temperatures else [None]
     data = zoo.data.load(DATASET, args.split)
     rows = []
-    with multiprocessing.get_context("spawn").Pool(args.jobs, _start_worker, (args.split, args.train_split)) as pool:
+    start_args = (args.split, args.train_split, args.every)
+    with multiprocessing.get_context("spawn").Pool(args.jobs, _start_worker, start_args) as pool:
         for scored in pool.imap(functools.partial(_score_checkpoint, temperatures=temperatures), folders):
             rows.extend(scored)
             for row in scored:
@@ -291,7 +299,8 @@ def select_command(args) -> None:
               else max(rows, key=lambda r: r["colourfulness_pct_of_truth"]))
     rule = (f"highest validation PSNR among the (checkpoint, temperature) pairs whose validation colourfulness is at "
             f"least {100 * args.min_colourfulness:.0f}% of the truth's (if none is, the most colourful)")
-    record = {"epochs": str(args.epochs), "split": args.split, "patches": len(data), "data_checksum": data.checksum,
+    record = {"epochs": str(args.epochs), "split": args.split, "patches": len(range(0, len(data), args.every)),
+              "every": args.every, "data_checksum": data.checksum,
               "rule": rule, "chosen": chosen, "candidates": rows,
               "command": "python benchmarks/colorization.py " + " ".join(sys.argv[1:])}
     print(f"chosen: {chosen['checkpoint']} T={chosen['temperature']} ({rule})")
@@ -363,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     sel.add_argument("--split", default="val", choices=("val",))
     sel.add_argument("--train-split", default="fit", choices=("fit",))
     sel.add_argument("--min-colourfulness", type=float, default=MIN_COLOURFULNESS)
+    sel.add_argument("--every", type=positive_int, default=1,
+                     help="score every N-th validation patch (each photo's patches are spread over its scales)")
     sel.add_argument("--jobs", type=positive_int, default=1,
                      help="score this many checkpoints at once (one thread each)")
     sel.add_argument("--out", help="write the candidates and the choice as JSON here")

@@ -14,7 +14,7 @@ from zoo.model import Autoencoder
 from zoo_plugins.pretrained import bundled_entries
 
 PRETRAINED: dict[str, str] = {  # name -> sha256 of model.safetensors
-    "colorization-ae-photos": "177ad8cb871bfccf6b5994c9e70a34c6270882995b796215e0356fc6a43036d0",
+    "colorization-ae-photos": "1cad897612c3582d76c4b1362238912990be36bdff770b95f9c1c53dcb36a54c",
 }
 AB_SCALE = 100.0  # Lab a/b are predicted in units of 100, i.e. roughly [-1.1, 1.1]
 AB_RANGE = 110.0  # the classification objective's bins tile a/b in [-AB_RANGE, AB_RANGE]^2 (sRGB fits inside)
@@ -46,14 +46,14 @@ class ColorizationAEConfig(ModelConfig):
     distribution (:func:`zoo.components.class_rebalancing_weights`; 0.5 is Zhang et al.'s setting). Most
     training pixels are dull, so without it the network learns to bet on dull colours; with it the
     rare saturated bins count more, and the output is more colourful, at a cost in PSNR. On the
-    ``photos`` validation patches (when each photo gave 4 x 64 of them; 10 epochs, both with
+    ``photos`` validation patches (of the 57-photo set, when each photo gave 4 x 64 of them; 10 epochs, both with
     ``augment_flip``, temperatures 0.2-1): 0.1 gave 80-120% of the truth's colourfulness at
     19.4-20.3 dB, against 56-63% at 21.0-21.5 dB without it; 0.5 (stopped after 4 epochs, no flips)
     overshot to 106-196%. The counts are kept in the ``ab_counts`` buffer, so a resumed run continues
     with them, and they ship with the weights as the training set's colour histogram.
 
     ``augment_flip`` mirrors each training image left to right with probability 1/2 (validation
-    images are left alone). On the ``photos`` validation patches it did not pay: against the same
+    images are left alone). On the ``photos`` validation patches (57-photo set) it did not pay: against the same
     run without it, the output was less colourful and its Lab a no longer tracked the truth's.
     """
 

@@ -95,7 +95,8 @@ def test_card_follows_huggingface_conventions(tmp_path):
 
 def test_photo_cards_state_how_small_the_photo_set_is(tmp_path):
     body = ModelCard(render_card(colorizer_folder(tmp_path))).text
-    from zoo.data.registry import DATASETS, PHOTOS
+    from zoo.data.photos import PHOTOS
+    from zoo.data.registry import DATASETS
 
     recipe = DATASETS["photos"].patches
     per_photo = recipe.crops_per_photo("train")
@@ -104,7 +105,7 @@ def test_photo_cards_state_how_small_the_photo_set_is(tmp_path):
     fit = len(train) - held_out
     assert f"{per_photo * fit:,} training patches (32x32) cut from just {fit} photos" in body
     assert f"{per_photo * held_out:,} validation patches from {held_out} others" in body
-    assert "3,072 test patches from 12 held-out photos (lomiri-Bridge_by_Sander_Klootwijk" in body
+    assert "8,704 test patches from 34 held-out photos (lomiri-Bridge_by_Sander_Klootwijk" in body
     assert f"The training photos are {len(PHOTOS)} freely licensed photographs from: scikit-image" in body
 
 

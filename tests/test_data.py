@@ -283,8 +283,8 @@ def test_patch_split_holds_out_whole_photos(tmp_path):
     recipe = PatchRecipe(size=8, scales=(0.25, 0.5), per_scale=3, test_photos=2, seed=1)
     photos = make_photos(tmp_path)
 
-    arrays, split = recipe.build(photos)
-    again, _ = recipe.build(photos)
+    arrays, split = recipe.build(photos, jobs=2)
+    again, _ = recipe.build(photos, jobs=1)  # cut in this process: the same arrays
 
     names = sorted(p.name for p in photos)
     train_labels = set(arrays["train-labels"].tolist())
@@ -293,8 +293,9 @@ def test_patch_split_holds_out_whole_photos(tmp_path):
     assert train_labels | test_labels == set(range(len(photos)))
     assert {names[i] for i in test_labels} == set(split["test"]) and len(split["test"]) == 2
     assert arrays["train-images"].shape == (3 * 6, 3, 8, 8) and arrays["train-images"].dtype == np.uint8
-    for first, second in zip(arrays["test-images"], arrays["test-labels"]):
-        assert tuple(first[:, 0, 0]) == (40 * second, 255 - 40 * second, 7)
+    for split_name in ("train", "test"):  # each patch lies beside the label of the photo it was cut from
+        for patch, label in zip(arrays[f"{split_name}-images"], arrays[f"{split_name}-labels"]):
+            assert tuple(patch[:, 0, 0]) == (40 * label, 255 - 40 * label, 7)
     for key in arrays:
         np.testing.assert_array_equal(arrays[key], again[key])
 
@@ -348,7 +349,7 @@ def test_patch_dataset_is_built_cached_and_verified(data_home, tmp_path, monkeyp
 
 
 def test_photo_registry_records_source_licence_and_sha256_of_every_photo():
-    from zoo.data.registry import PHOTOS
+    from zoo.data.photos import PHOTOS
     from zoo.data.sources import SKIMAGE
 
     spec = zoo.data.get_spec("photos")
@@ -361,7 +362,8 @@ def test_photo_registry_records_source_licence_and_sha256_of_every_photo():
         assert photo.package and photo.version and photo.path and photo.credit, photo.name
         assert any(term in photo.licence for term in ("GPL", "CC", "public domain", "BSD", "GFDL", "matplotlib")), \
             photo.name
-        assert Path(photo.name.split("-", 1)[1]).stem in photo.path, photo.name  # named after the file it is
+        # named after the file it is: every word of the name after the collection is in the path
+        assert all(word in photo.path for word in Path(photo.name.split("-", 1)[1]).stem.split("-")), photo.name
     # every photo comes from exactly one source: the package (at its pinned version) named in its entry
     provided = [(name, source.label) for source in spec.sources for name in source.files]
     assert sorted(name for name, _ in provided) == sorted(names)
@@ -387,6 +389,36 @@ def test_photo_split_is_by_photo_disjoint_and_spread_over_collections():
     for collection, size in sizes.items():
         share = spec.patches.test_photos * size / len(spec.files)
         assert abs(held[collection] - share) < 1, (collection, held[collection], share)
+
+
+#: The photos held out before the GCompris photos joined the set (12 test, 8 validation): they must stay
+#: held out, so that a model trained on the older set can still be measured on the new held-out photos.
+EARLIER_TEST_PHOTOS = (
+    "lomiri-Bridge_by_Sander_Klootwijk.jpg", "lomiri-Kleiber_by_Lukas_Baubkus.jpg",
+    "lomiri-Picture_0B_by_freespace.jpg", "lxqt-beam.png", "lxqt-butterfly.png", "mate-Garden.jpg", "mate-LadyBird.jpg", "mate-RainDrops.jpg",
+    "palapeli-cincinnati-bridge.jpg", "plasma-Kite.jpg", "plasma-summer_1am.jpg", "skimage-motorcycle_left.png")
+EARLIER_VAL_PHOTOS = (
+    "lomiri-Wine_by_Jakkub_Mede.jpg", "lomiri-aitzgorri_by_Aitzol_Berasategi.jpg", "lxqt-Butterfly-Kenneth-Wimer.jpg",
+    "lxqt-after-the-rain.jpg", "lxqt-cloud.png", "mate-Aqua.jpg", "mate-Blinds.jpg", "palapeli-european-honey-bee.jpg")
+
+
+def test_photos_held_out_before_stay_held_out_and_the_validation_pin_holds():
+    spec = zoo.data.get_spec("photos")
+    names = sorted(spec.files)
+    split = spec.patches.split_photos(names)
+    # the training split's labels as the patch builder lays them out: each training photo's crops in a block
+    labels = np.repeat([names.index(n) for n in split["train"]], spec.patches.crops_per_photo("train"))
+    val_photos = {names[i] for i in np.unique(labels[spec.validation.val_indices(labels)])}
+    _, record = spec.validation.select("val", labels)  # raises if the split no longer matches its pin
+
+    earlier = {n for n in names if not n.startswith("wikimedia-")}
+    assert set(split["test"]) & earlier == set(EARLIER_TEST_PHOTOS)
+    assert val_photos & earlier == set(EARLIER_VAL_PHOTOS)
+    assert record["val_indices_sha256"] == spec.validation.val_sha256
+    # the newer photos are held out in about the same shares
+    newer = [n for n in names if n.startswith("wikimedia-")]
+    assert 0.15 < len(set(split["test"]) & set(newer)) / len(newer) < 0.3
+    assert 0.1 < len(val_photos - earlier) / len(set(newer) - set(split["test"])) < 0.3
 
 
 def test_spread_test_split_takes_each_collections_share():

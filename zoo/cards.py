@@ -116,7 +116,7 @@ def eval_results(evaluation: dict[str, Any], model_name: str) -> list:
 
 def data_terms(dataset: str | None) -> str | None:
     """Who made the training data and under which terms; for photo sets, every source package and its licences."""
-    from zoo.data.registry import PHOTOS
+    from zoo.data.photos import PHOTOS
 
     if dataset != "photos":
         return DATA_TERMS.get(dataset or "")
@@ -125,7 +125,7 @@ def data_terms(dataset: str | None) -> str | None:
         licences.setdefault(f"{photo.package} {photo.version}", set()).add(photo.licence)
     listed = "; ".join(f"{package} ({', '.join(sorted(terms))})" for package, terms in licences.items())
     return (f"The training photos are {len(PHOTOS)} freely licensed photographs from: {listed}. Each photo's "
-            "licence, credit and sha256 are in ae-zoo's data registry (`zoo.data.registry.PHOTOS`).")
+            "licence, credit and sha256 are in ae-zoo's data registry (`zoo.data.photos.PHOTOS`).")
 
 
 def _patch_split(spec) -> dict[str, Any] | None:
@@ -163,7 +163,7 @@ def dataset_limitations(dataset: str | None) -> list[str]:
             f"validation patches from {patches['val_photos']} others, and {patches['test_patches']:,} "
             f"test patches from {len(patches['test'])} held-out photos ({', '.join(patches['test'])}). The model "
             "has seen few scenes, colours and textures: expect much worse results on other content (faces, "
-            "indoor scenes, man-made objects), and read the test numbers as describing those "
+            "indoor scenes, night scenes, text and graphics), and read the test numbers as describing those "
             f"{len(patches['test'])} photos, not natural images in general.")
     return notes
 

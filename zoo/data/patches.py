@@ -1,6 +1,9 @@
 """Deterministic 32x32 RGB patch sets cut from a few source photos, split by photo."""
 
+import multiprocessing
+import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,24 +86,31 @@ class PatchRecipe:
                     patches.append(np.asarray(patch))
         return np.stack(patches).transpose(0, 3, 1, 2).copy()
 
-    def build(self, photos: Sequence[Path]) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    def build(self, photos: Sequence[Path],
+              jobs: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
         """Cut all photos; return arrays ``{"<split>-images"/"<split>-labels": array}`` and the split.
 
-        A label is the index of the patch's source photo in the sorted list of all photos.
+        A label is the index of the patch's source photo in the sorted list of all photos. The photos
+        are cut in ``jobs`` processes (default: one per CPU); each photo's draws are its own, so the
+        arrays do not depend on ``jobs``.
         """
         by_name = {p.name: p for p in photos}
         names = sorted(by_name)
         split = self.split_photos(names)
+        work = [(by_name[name], names.index(name), split_name)
+                for split_name in SPLITS for name in split[split_name]]
+        jobs = min(jobs or os.cpu_count() or 1, len(work))
+        if jobs > 1:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                cuts = list(pool.map(self.cut, *zip(*work)))
+        else:
+            cuts = [self.cut(*job) for job in work]
         arrays = {}
         for split_name in SPLITS:
-            images, labels = [], []
-            for name in split[split_name]:
-                index = names.index(name)
-                patches = self.cut(by_name[name], index, split_name)
-                images.append(patches)
-                labels.append(np.full(len(patches), index, dtype=np.int64))
-            arrays[f"{split_name}-images"] = np.concatenate(images)
-            arrays[f"{split_name}-labels"] = np.concatenate(labels)
+            mine = [(patches, index) for patches, (_, index, s) in zip(cuts, work) if s == split_name]
+            arrays[f"{split_name}-images"] = np.concatenate([patches for patches, _ in mine])
+            arrays[f"{split_name}-labels"] = np.concatenate(
+                [np.full(len(patches), index, dtype=np.int64) for patches, index in mine])
         return arrays, split
 
 

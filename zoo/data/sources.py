@@ -1,4 +1,5 @@
-"""Ways to acquire dataset files: torchvision's download, npm and Debian packages, scikit-image.
+"""Ways to acquire dataset files: torchvision's download, npm and Debian packages (also the Qt resource
+bundles inside them), scikit-image.
 
 A :class:`Source` unpacks something into a staging directory and says where each dataset
 file lies inside it. The caller verifies and installs the files; a source never decides
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zoo.data.qt_resources import read_qt_resources
 from zoo.errors import DataError
 
 DOWNLOAD_TIMEOUT_S = 10
@@ -98,6 +100,36 @@ def debian_package(package: str, files: Mapping[str, str], version: str | None =
     return Source(label, files, unpack)
 
 
+def debian_qt_resources(package: str, files: Mapping[str, str], version: str | None = None) -> Source:
+    """Source: files inside Qt resource bundles (``.rcc``) of a Debian package.
+
+    ``files`` maps a dataset file name to ``BUNDLE:/PATH``: the bundle's path in the package, then
+    the file's path inside the bundle, as Qt writes it (``usr/share/app/rcc/x.rcc:/app/images/y.webp``).
+    """
+    package_source = debian_package(package, {}, version)
+    wanted: dict[str, set[str]] = {}
+    for location in files.values():
+        bundle, separator, inner = location.partition(":/")
+        if not separator:
+            raise ValueError(f"{location!r} does not name a file inside a bundle (BUNDLE:/PATH)")
+        wanted.setdefault(bundle, set()).add(f":/{inner}")
+
+    def unpack(staging: Path) -> Path:
+        root = package_source.unpack(staging)
+        extracted = staging / "qt-resources"
+        for bundle, paths in wanted.items():
+            if not (root / bundle).is_file():
+                raise DataError(f"{package_source.label} has no {bundle}")
+            for inner, content in read_qt_resources(root / bundle, paths).items():
+                target = extracted / bundle / inner.removeprefix(":/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+        return extracted
+
+    laid_out = {name: location.replace(":/", "/", 1) for name, location in files.items()}
+    return Source(f"{package_source.label} (Qt resource bundles)", laid_out, unpack)
+
+
 def skimage_bundled(files: Mapping[str, str]) -> Source:
     """Source: image files shipped inside the scikit-image wheel (no network needed)."""
 
@@ -118,8 +150,9 @@ class Photo:
     ``name`` is the file's name in the dataset directory, ``<collection>-<file>`` (the collection
     before the first ``-`` is what a stratified split spreads over); ``package`` is ``scikit-image``
     (the wheel's bundled images; ``path`` relative to ``skimage/data``) or a Debian package, with
-    ``path`` inside it. ``licence`` and ``credit`` say what the package's copyright file (and, where
-    it names one, the upstream metadata next to the photo) records.
+    ``path`` inside it (``BUNDLE:/PATH`` for a file inside one of its Qt resource bundles). ``licence``
+    and ``credit`` say what the package's copyright file (and, where it names one, the upstream
+    metadata next to the photo) records.
     """
 
     name: str
@@ -141,8 +174,16 @@ def photo_sources(photos: Sequence[Photo]) -> tuple[Source, ...]:
         by_package.setdefault((photo.package, photo.version), {})[photo.name] = photo.path
     if len({package for package, _ in by_package}) != len(by_package):
         raise ValueError("photos name two versions of one package")
-    return tuple(skimage_bundled(files) if package == SKIMAGE else debian_package(package, files, version)
-                 for (package, version), files in by_package.items())
+    return tuple(_photo_source(package, version, files) for (package, version), files in by_package.items())
+
+
+def _photo_source(package: str, version: str, files: dict[str, str]) -> Source:
+    if package == SKIMAGE:
+        return skimage_bundled(files)
+    in_bundles = [":/" in path for path in files.values()]
+    if any(in_bundles) and not all(in_bundles):
+        raise ValueError(f"photos of {package} mix files inside Qt resource bundles with plain files")
+    return (debian_qt_resources if any(in_bundles) else debian_package)(package, files, version)
 
 
 def _run(command: list[str], *, cwd: Path, tool: str, hint: str = "") -> None:
